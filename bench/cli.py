@@ -1,0 +1,14 @@
+"""``htapkv bench``: registers the workloads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("bench", help="run a benchmark beside its baseline")
+    workloads = p.add_subparsers(dest="workload", metavar="WORKLOAD")
+    workloads.required = True
+    from bench import storage
+
+    storage.register(workloads)

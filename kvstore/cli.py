@@ -1,0 +1,58 @@
+"""The ``htapkv`` command.
+
+Subcommands come from the ``htapkv.commands`` entry-point group: each package
+registers its own (``bench`` registers ``htapkv bench``), so ``kvstore`` never
+imports the layers above it. A plug-in is ``register(subparsers)`` and sets
+``func`` on its parser; ``func(args)`` returns the exit code.
+
+User mistakes (a :class:`~kvstore.errors.KVError` reaching the top) print one
+line on stderr and exit with status 2: no stack trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib.metadata import entry_points
+from typing import Any
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="htapkv", description="htapkv: a hackable HTAP database in Python."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for ep in sorted(entry_points(group="htapkv.commands"), key=lambda e: e.name):
+        ep.load()(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from kvstore.errors import KVError
+
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except KVError as e:
+        print(f"htapkv: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def register_demo(sub: Any) -> None:
+    p = sub.add_parser("demo", help="run the guided demo on a temporary store")
+    p.add_argument("--data-dir", help="keep the data here instead of a temporary folder")
+
+    def run(args: argparse.Namespace) -> int:
+        from kvstore.demo import run_demo
+
+        return run_demo(args.data_dir)
+
+    p.set_defaults(func=run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

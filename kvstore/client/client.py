@@ -1,0 +1,134 @@
+"""The client object users hold."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from kvstore.client.backend import KvBackend, TsoBackend
+from kvstore.client.lock_resolver import LockResolver
+from kvstore.client.raw import RawClient
+from kvstore.client.txn import Transaction, TtlManager, backoff_sleep, run_transaction
+from kvstore.errors import ClosedError, InvalidArgumentError, KeyIsLockedError
+from kvstore.types import TS_MAX
+
+T = TypeVar("T")
+
+DEFAULT_LOCK_TTL_MS = 3000
+MAX_LOCK_TTL_MS = 20_000
+DEFAULT_LOCK_WAIT_TIMEOUT_S = 20.0
+
+
+class Client:
+    """Entry point of the API: ``raw``, ``begin``, ``transaction``, ``tso``.
+
+    Thread-safe: many threads may share one client (a :class:`Transaction`
+    belongs to one thread at a time). Use as a context manager or call
+    :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        backend: KvBackend,
+        tso: TsoBackend,
+        *,
+        on_close: Callable[[], None] | None = None,
+        lock_ttl_ms: int = DEFAULT_LOCK_TTL_MS,
+        lock_wait_timeout: float = DEFAULT_LOCK_WAIT_TIMEOUT_S,
+        seed: int | None = None,
+    ) -> None:
+        if not isinstance(lock_ttl_ms, int) or lock_ttl_ms <= 0:
+            raise InvalidArgumentError("lock_ttl_ms must be a positive int")
+        self.backend = backend
+        self.pd = tso
+        self.raw = RawClient(backend)
+        self.resolver = LockResolver(backend, tso)
+        self.ttl_manager = TtlManager(backend.kv_txn_heart_beat)
+        self.lock_ttl_ms = lock_ttl_ms
+        self.lock_wait_timeout = lock_wait_timeout
+        self.rng = random.Random(seed)
+        self._on_close = on_close
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+    # ---------------------------------------------------------------- API
+    def begin(self) -> Transaction:
+        """Start a transaction at a fresh ``start_ts``."""
+        self._check_open()
+        return Transaction(self, self.pd.get_ts())
+
+    def transaction(self, fn: Callable[[Transaction], T], max_retries: int = 10) -> T:
+        """Run ``fn(txn)`` and commit. On a write conflict, re-run ``fn`` at a
+        new start_ts (never replaying the old writes), up to ``max_retries``
+        times. Returns ``fn``'s result. Any other exception rolls back and
+        propagates."""
+        self._check_open()
+        return run_transaction(self, fn, max_retries)
+
+    def tso(self) -> int:
+        """A fresh timestamp from the timestamp oracle."""
+        self._check_open()
+        return self.pd.get_ts()
+
+    def gc(self, safe_point: int) -> object:
+        """Resolve every lock at or below ``safe_point``, then drop the versions
+        no reader at or above it can see. Reads below it fail afterwards."""
+        self._check_open()
+        bypass: set[int] = set()
+        attempt = 0
+        while locks := self.backend.kv_scan_lock(safe_point, b"", None, 1024):
+            wait = self.resolver.resolve(locks, 0, bypass)
+            if wait:
+                attempt += 1
+                backoff_sleep(attempt, min(wait, 500), self.rng)
+        return self.backend.kv_gc(safe_point)
+
+    # ---------------------------------------------------------------- internals
+    def lock_ttl_for(self, n_keys: int) -> int:
+        """Bigger transactions take longer to commit: give them a longer TTL
+        (client-go scales with size the same way)."""
+        return min(MAX_LOCK_TTL_MS, self.lock_ttl_ms + n_keys // 64 * 100)
+
+    def read_resolving(self, start_ts: int, read: Callable[[set[int]], T]) -> T:
+        """Run ``read(bypass_locks)``, resolving locks it meets, until it
+        succeeds or :attr:`lock_wait_timeout` passes."""
+        bypass: set[int] = set()
+        deadline = time.monotonic() + self.lock_wait_timeout
+        attempt = 0
+        while True:
+            try:
+                return read(bypass)
+            except KeyIsLockedError as e:
+                caller_ts = start_ts if start_ts < TS_MAX else 0
+                wait = self.resolver.resolve([e.lock], caller_ts, bypass)
+                if time.monotonic() > deadline:
+                    raise
+                if wait:
+                    attempt += 1
+                    backoff_sleep(attempt, min(wait, 500), self.rng)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("client is closed")
+
+    def close(self) -> None:
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.ttl_manager.close()
+        if self._on_close is not None:
+            self._on_close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

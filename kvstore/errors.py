@@ -1,0 +1,178 @@
+"""The one error tree of htapkv.
+
+Every error a caller can see is a :class:`KVError`. The tree has three branches
+with different remedies:
+
+* :class:`InvalidArgumentError` and friends: the caller's mistake. Retrying the
+  same call fails the same way; fix the input.
+* :class:`TxnError` subclasses: per-key transaction outcomes defined by
+  Percolator (a conflict, a lock, a missing lock). Each docstring says what the
+  client does about it; most are handled inside ``kvstore.client`` and only
+  :class:`WriteConflictError` and :class:`TxnAbortedError` normally reach user
+  code.
+* :class:`RegionError` subclasses: routing outcomes (filled in by the
+  replicated layers): refresh the Region cache and retry.
+
+Errors carry structured fields, never information packed into strings, so the
+protobuf mapping (one place, in the server/client layer) can round-trip them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kvstore.types import LockInfo
+
+
+class KVError(Exception):
+    """Root of every error htapkv raises on purpose."""
+
+
+# --------------------------------------------------------------------------
+# Caller mistakes and environment
+# --------------------------------------------------------------------------
+
+
+class InvalidArgumentError(KVError, ValueError):
+    """The request is malformed (wrong type, empty or oversized key, oversized
+    value, end before start, ...). Nothing was written. Fix the input."""
+
+
+class StorageError(KVError):
+    """The local engine failed (disk full, I/O error, corruption). The request
+    may not have been applied; the store should be inspected."""
+
+
+class ClosedError(KVError):
+    """The client or store was closed. Open a new one."""
+
+
+# --------------------------------------------------------------------------
+# Transaction (per-key) errors
+# --------------------------------------------------------------------------
+
+
+class TxnError(KVError):
+    """A Percolator outcome concerning one key of one transaction."""
+
+
+@dataclass(eq=False)
+class KeyIsLockedError(TxnError):
+    """A read or prewrite met another transaction's lock.
+
+    The client resolves it: ``check_txn_status`` on ``lock.primary`` tells
+    whether the owner committed, rolled back, or is still alive; then
+    ``resolve_lock`` cleans the key, or the client backs off while the owner's
+    TTL runs.
+    """
+
+    lock: LockInfo
+
+    def __str__(self) -> str:
+        return f"key {self.lock.key!r} is locked by txn {self.lock.lock_ts}"
+
+
+@dataclass(eq=False)
+class WriteConflictError(TxnError):
+    """Prewrite found a write committed after our ``start_ts`` (or our own
+    rollback record). The transaction is aborted; re-run the caller's logic at a
+    new ``start_ts`` (``Client.transaction`` does this) — never replay the old
+    writes."""
+
+    key: bytes
+    start_ts: int
+    conflict_start_ts: int
+    conflict_commit_ts: int
+    reason: str = "optimistic"
+
+    def __str__(self) -> str:
+        return (
+            f"write conflict on {self.key!r}: txn {self.start_ts} vs write "
+            f"[{self.conflict_start_ts}, {self.conflict_commit_ts}] ({self.reason})"
+        )
+
+
+@dataclass(eq=False)
+class AlreadyExistsError(TxnError):
+    """An insert-if-absent found a committed value. Not retryable as is."""
+
+    key: bytes
+
+    def __str__(self) -> str:
+        return f"key {self.key!r} already exists"
+
+
+@dataclass(eq=False)
+class TxnLockNotFoundError(TxnError):
+    """Commit found neither our lock nor our commit record: the transaction was
+    rolled back by someone else (usually a lock resolver after TTL expiry). If
+    this is the primary key, the transaction is aborted."""
+
+    key: bytes
+    start_ts: int
+
+    def __str__(self) -> str:
+        return f"lock of txn {self.start_ts} on {self.key!r} not found"
+
+
+@dataclass(eq=False)
+class TxnNotFoundError(TxnError):
+    """``check_txn_status`` found no lock and no record for the transaction and
+    was asked not to write a rollback record. The caller decides."""
+
+    key: bytes
+    start_ts: int
+
+
+@dataclass(eq=False)
+class CommitTsExpiredError(TxnError):
+    """The commit_ts is below the lock's ``min_commit_ts`` (a reader pushed it).
+    The committer takes a new commit_ts from the TSO and commits again."""
+
+    key: bytes
+    start_ts: int
+    commit_ts: int
+    min_commit_ts: int
+
+
+@dataclass(eq=False)
+class CommittedError(TxnError):
+    """A rollback was asked for a transaction that is already committed. The
+    rollback is refused; the transaction stands at ``commit_ts``."""
+
+    key: bytes
+    start_ts: int
+    commit_ts: int
+
+
+class TxnAbortedError(TxnError):
+    """The transaction cannot commit (rolled back by a resolver, retries
+    exhausted, ...). Its writes are not and will not be visible."""
+
+
+class UndeterminedError(TxnError):
+    """The commit of the primary key was sent but its outcome is unknown (the
+    connection failed). The transaction may or may not be committed; a later
+    read decides. Never treat this as a failure."""
+
+
+class GcTooEarlyError(KVError):
+    """A read or prewrite at a timestamp below the GC safe point: the versions
+    it would need may be gone. Use a newer timestamp."""
+
+
+class TsoError(KVError):
+    """The timestamp oracle could not hand out a timestamp (e.g. the logical
+    counter is exhausted for this millisecond and the clock does not move)."""
+
+
+# --------------------------------------------------------------------------
+# Region (routing) errors: populated by the replicated layers.
+# --------------------------------------------------------------------------
+
+
+class RegionError(KVError):
+    """The request reached the wrong place or the wrong version of a Region.
+    Refresh the Region cache and retry; no data was changed."""

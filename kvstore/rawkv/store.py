@@ -1,0 +1,157 @@
+"""Raw commands over an engine (see the package docstring)."""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+from kvstore import codec
+from kvstore.errors import InvalidArgumentError
+from kvstore.storage import CF_DEFAULT, Reader, WriteBatch
+from kvstore.txn.latches import Latches
+from kvstore.txn.scheduler import WriteSink
+from kvstore.types import validate_key, validate_limit, validate_range, validate_value
+
+_NO_TTL = b"\x00"
+_TTL = 1
+_EXPIRY = struct.Struct(">Q")
+MAX_TTL_SECONDS = 10 * 365 * 24 * 3600
+
+
+def _check_ttl(ttl: object) -> int | None:
+    if ttl is None:
+        return None
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 < ttl <= MAX_TTL_SECONDS:
+        raise InvalidArgumentError("ttl must be a positive number of seconds (or None)")
+    return ttl
+
+
+class RawStore:
+    def __init__(
+        self,
+        reader: Reader,
+        sink: WriteSink,
+        *,
+        durable: bool = True,
+        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    ) -> None:
+        self._reader = reader
+        self._sink = sink
+        self._durable = durable
+        self._clock_ms = clock_ms
+        self.latches = Latches()
+
+    # ------------------------------------------------------------ encoding
+    def _encode_value(self, value: bytes, ttl: int | None) -> bytes:
+        if ttl is None:
+            return _NO_TTL + value
+        return bytes((_TTL,)) + _EXPIRY.pack(self._clock_ms() + ttl * 1000) + value
+
+    def _decode_value(self, stored: bytes | None, now_ms: int) -> bytes | None:
+        if stored is None:
+            return None
+        if stored[0] == _TTL:
+            if _EXPIRY.unpack_from(stored, 1)[0] <= now_ms:
+                return None
+            return stored[1 + _EXPIRY.size :]
+        return stored[1:]
+
+    def _write(self, batch: WriteBatch) -> None:
+        self._sink.write(batch, sync=self._durable)
+
+    # ------------------------------------------------------------ reads
+    def raw_get(self, key: bytes) -> bytes | None:
+        validate_key(key)
+        return self._decode_value(
+            self._reader.get(CF_DEFAULT, codec.raw_key(key)), self._clock_ms()
+        )
+
+    def raw_batch_get(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
+        for k in keys:
+            validate_key(k)
+        now = self._clock_ms()
+        out = {}
+        for k in keys:
+            v = self._decode_value(self._reader.get(CF_DEFAULT, codec.raw_key(k)), now)
+            if v is not None:
+                out[k] = v
+        return out
+
+    def raw_scan(
+        self, start: bytes, end: bytes | None, limit: int | None = None
+    ) -> list[tuple[bytes, bytes]]:
+        start, end = validate_range(start, end)
+        limit = validate_limit(limit)
+        lo, hi = codec.raw_range(start, end)
+        now = self._clock_ms()
+        out: list[tuple[bytes, bytes]] = []
+        if limit == 0:
+            return out
+        for k, stored in self._reader.scan(CF_DEFAULT, lo, hi):
+            v = self._decode_value(stored, now)
+            if v is None:
+                continue
+            out.append((codec.decode_raw_key(k), v))
+            if limit is not None and len(out) >= limit:
+                break
+        return out
+
+    # ------------------------------------------------------------ writes
+    def raw_put(self, key: bytes, value: bytes, ttl: int | None = None) -> None:
+        self.raw_batch_put([(key, value)], ttl)
+
+    def raw_batch_put(self, pairs: Iterable[tuple[bytes, bytes]], ttl: int | None = None) -> None:
+        ttl = _check_ttl(ttl)
+        batch = WriteBatch()
+        keys = []
+        for pair in pairs:
+            if not isinstance(pair, tuple) or len(pair) != 2:
+                raise InvalidArgumentError("batch_put takes (key, value) pairs")
+            k, v = pair
+            validate_key(k)
+            validate_value(v)
+            ek = codec.raw_key(k)
+            keys.append(ek)
+            batch.put(CF_DEFAULT, ek, self._encode_value(v, ttl))
+        if not keys:
+            return
+        with self.latches.acquire(keys):
+            self._write(batch)
+
+    def raw_delete(self, key: bytes) -> None:
+        validate_key(key)
+        ek = codec.raw_key(key)
+        batch = WriteBatch()
+        batch.delete(CF_DEFAULT, ek)
+        with self.latches.acquire([ek]):
+            self._write(batch)
+
+    def raw_delete_range(self, start: bytes, end: bytes | None) -> None:
+        start, end = validate_range(start, end)
+        if end is not None and end <= start:
+            raise InvalidArgumentError("delete_range needs start < end")
+        lo, hi = codec.raw_range(start, end)
+        batch = WriteBatch()
+        batch.delete_range(CF_DEFAULT, lo, hi)
+        self._write(batch)
+
+    def raw_compare_and_swap(
+        self, key: bytes, expected: bytes | None, new: bytes, ttl: int | None = None
+    ) -> tuple[bool, bytes | None]:
+        """Set ``key`` to ``new`` iff its current value is ``expected``
+        (``None``: absent). Returns ``(swapped, previous_value)``."""
+        validate_key(key)
+        validate_value(new)
+        if expected is not None:
+            validate_value(expected)
+        ttl = _check_ttl(ttl)
+        ek = codec.raw_key(key)
+        with self.latches.acquire([ek]):
+            prev = self._decode_value(self._reader.get(CF_DEFAULT, ek), self._clock_ms())
+            if prev != expected:
+                return False, prev
+            batch = WriteBatch()
+            batch.put(CF_DEFAULT, ek, self._encode_value(new, ttl))
+            self._write(batch)
+        return True, prev

@@ -1,0 +1,307 @@
+"""Runs transaction commands: latches, read, action, one write batch.
+
+This is the store-side half of the Kv service (TiKV ``storage::txn::scheduler``):
+each command takes the latches of its keys, reads the current state through an
+:class:`~kvstore.mvcc.MvccReader`, runs the actions of
+:mod:`kvstore.txn.actions` and writes the resulting batch with one call. A
+command that raises writes nothing. Reads (``kv_get``/``kv_scan``) take no
+latches (see :mod:`kvstore.mvcc` for why they are consistent anyway).
+
+The scheduler speaks *user* keys (it encodes them into the transactional key
+space itself) and validates every argument: it is the trust boundary, whoever
+the caller is.
+
+Writes go through a :class:`WriteSink`: the engine itself in an embedded store,
+a Region's Raft proposal once replication exists. Batches that decide a
+transaction's fate (commits, rollbacks, TTL-expiry decisions) are written with
+``sync=True`` when the sink is durable; prewrites ride on the write-ahead
+log order, since the later synced commit makes everything before it durable.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from kvstore import codec
+from kvstore.errors import GcTooEarlyError, InvalidArgumentError
+from kvstore.mvcc import MvccReader, MvccTxn
+from kvstore.mvcc.reader import lock_info
+from kvstore.storage import CF_RAFT, CF_WRITE, Reader, WriteBatch
+from kvstore.txn import actions
+from kvstore.txn.latches import Latches
+from kvstore.types import (
+    TS_MAX,
+    LockInfo,
+    Mutation,
+    Op,
+    TxnStatus,
+    validate_key,
+    validate_limit,
+    validate_range,
+    validate_value,
+)
+
+GC_SAFE_POINT_KEY = b"gc_safe_point"
+GC_BATCH_KEYS = 256
+
+
+class WriteSink(Protocol):
+    """Where command results go: ``reader`` for the state they are computed
+    on, ``write`` to make a batch take effect."""
+
+    def get(self, cf: str, key: bytes) -> bytes | None: ...
+
+    def write(self, batch: WriteBatch, *, sync: bool = False) -> None: ...
+
+
+@dataclass
+class GcStats:
+    keys_scanned: int = 0
+    versions_removed: int = 0
+
+
+def _check_ts(name: str, ts: object) -> int:
+    if not isinstance(ts, int) or isinstance(ts, bool) or not 0 < ts <= TS_MAX:
+        raise InvalidArgumentError(f"{name} must be a positive 64-bit timestamp")
+    return ts
+
+
+class TxnScheduler:
+    def __init__(self, reader: Reader, sink: WriteSink, *, durable: bool = True) -> None:
+        self._reader = MvccReader(reader)
+        self._raw_reader = reader
+        self._sink = sink
+        self._durable = durable
+        self.latches = Latches()
+        self._gc_lock = threading.Lock()
+        raw = sink.get(CF_RAFT, GC_SAFE_POINT_KEY)
+        self._safe_point = int(raw) if raw else 0
+
+    @property
+    def gc_safe_point(self) -> int:
+        return self._safe_point
+
+    def _check_read_ts(self, ts: int) -> None:
+        _check_ts("read timestamp", ts)
+        if ts < self._safe_point:
+            raise GcTooEarlyError(f"timestamp {ts} is below the GC safe point {self._safe_point}")
+
+    def _write(self, txn: MvccTxn, *, decisive: bool) -> None:
+        if not txn.batch.is_empty():
+            self._sink.write(txn.batch, sync=decisive and self._durable)
+
+    # ---------------------------------------------------------------- reads
+    def kv_get(self, key: bytes, version: int, bypass_locks: Collection[int] = ()) -> bytes | None:
+        validate_key(key)
+        self._check_read_ts(version)
+        return self._reader.get(codec.txn_key(key), version, bypass_locks)
+
+    def kv_batch_get(
+        self, keys: Sequence[bytes], version: int, bypass_locks: Collection[int] = ()
+    ) -> dict[bytes, bytes]:
+        for k in keys:
+            validate_key(k)
+        self._check_read_ts(version)
+        out = {}
+        for k in keys:
+            v = self._reader.get(codec.txn_key(k), version, bypass_locks)
+            if v is not None:
+                out[k] = v
+        return out
+
+    def kv_scan(
+        self,
+        start: bytes,
+        end: bytes | None,
+        version: int,
+        limit: int | None = None,
+        bypass_locks: Collection[int] = (),
+    ) -> list[tuple[bytes, bytes]]:
+        start, end = validate_range(start, end)
+        limit = validate_limit(limit)
+        self._check_read_ts(version)
+        lo, hi = codec.txn_range(start, end)
+        rows = self._reader.scan(lo, hi, version, limit=limit, bypass_locks=bypass_locks)
+        return [(codec.decode_txn_key(k), v) for k, v in rows]
+
+    # ---------------------------------------------------------------- 2PC
+    def kv_prewrite(
+        self,
+        mutations: Sequence[Mutation],
+        primary: bytes,
+        start_ts: int,
+        lock_ttl: int,
+        txn_size: int = 0,
+        min_commit_ts: int = 0,
+    ) -> list[LockInfo]:
+        """Prewrite ``mutations``. Returns the locks of other transactions that
+        block it (then nothing was written); raises WriteConflict /
+        AlreadyExists (then nothing was written either)."""
+        validate_key(primary)
+        self._check_read_ts(start_ts)
+        if not mutations:
+            raise InvalidArgumentError("prewrite needs at least one mutation")
+        encoded = []
+        for m in mutations:
+            if not isinstance(m, Mutation):
+                raise InvalidArgumentError("mutations must be Mutation records")
+            validate_key(m.key)
+            if m.op in (Op.PUT, Op.INSERT):
+                validate_value(m.value)
+            encoded.append(Mutation(m.op, codec.txn_key(m.key), m.value))
+        if not isinstance(lock_ttl, int) or lock_ttl <= 0:
+            raise InvalidArgumentError("lock_ttl must be a positive number of milliseconds")
+        txn = MvccTxn(start_ts)
+        with self.latches.acquire(m.key for m in encoded):
+            blocked = []
+            for m in encoded:
+                info = actions.prewrite(
+                    self._reader, txn, m, primary, lock_ttl, txn_size, min_commit_ts
+                )
+                if info is not None:
+                    blocked.append(info)
+            if blocked:
+                return blocked
+            self._write(txn, decisive=False)
+        return []
+
+    def kv_commit(self, keys: Sequence[bytes], start_ts: int, commit_ts: int) -> None:
+        enc = self._encode_keys(keys)
+        _check_ts("start_ts", start_ts)
+        _check_ts("commit_ts", commit_ts)
+        txn = MvccTxn(start_ts)
+        with self.latches.acquire(enc):
+            for k in enc:
+                actions.commit(self._reader, txn, k, commit_ts)
+            self._write(txn, decisive=True)
+
+    def kv_batch_rollback(self, keys: Sequence[bytes], start_ts: int) -> None:
+        enc = self._encode_keys(keys)
+        _check_ts("start_ts", start_ts)
+        txn = MvccTxn(start_ts)
+        with self.latches.acquire(enc):
+            for k in enc:
+                actions.rollback(self._reader, txn, k)
+            self._write(txn, decisive=True)
+
+    def kv_check_txn_status(
+        self,
+        primary: bytes,
+        lock_ts: int,
+        caller_start_ts: int,
+        current_ts: int,
+        rollback_if_not_exist: bool = True,
+    ) -> TxnStatus:
+        validate_key(primary)
+        _check_ts("lock_ts", lock_ts)
+        _check_ts("current_ts", current_ts)
+        key = codec.txn_key(primary)
+        txn = MvccTxn(lock_ts)
+        with self.latches.acquire([key]):
+            status = actions.check_txn_status(
+                self._reader, txn, key, caller_start_ts, current_ts, rollback_if_not_exist
+            )
+            self._write(txn, decisive=True)
+        return status
+
+    def kv_resolve_lock(
+        self, start_ts: int, commit_ts: int, keys: Sequence[bytes] | None = None
+    ) -> int:
+        """Commit (``commit_ts > 0``) or roll back (``0``) the locks of
+        transaction ``start_ts``: on ``keys``, or on every key it still locks.
+        Returns the number of keys resolved."""
+        _check_ts("start_ts", start_ts)
+        if commit_ts:
+            _check_ts("commit_ts", commit_ts)
+        if keys is None:
+            lo, hi = codec.txn_range(b"", None)
+            enc = [k for k, lock in self._reader.scan_locks(lo, hi) if lock.start_ts == start_ts]
+        else:
+            enc = self._encode_keys(keys)
+        txn = MvccTxn(start_ts)
+        with self.latches.acquire(enc):
+            for k in enc:
+                actions.resolve_lock(self._reader, txn, k, commit_ts)
+            self._write(txn, decisive=True)
+        return len(enc)
+
+    def kv_scan_lock(
+        self, max_ts: int, start: bytes = b"", end: bytes | None = None, limit: int | None = None
+    ) -> list[LockInfo]:
+        _check_ts("max_ts", max_ts)
+        start, end = validate_range(start, end)
+        lo, hi = codec.txn_range(start, end)
+        return actions.scan_lock(self._reader, max_ts, lo, hi, validate_limit(limit))
+
+    def kv_txn_heart_beat(self, primary: bytes, start_ts: int, advise_ttl: int) -> int:
+        validate_key(primary)
+        _check_ts("start_ts", start_ts)
+        key = codec.txn_key(primary)
+        txn = MvccTxn(start_ts)
+        with self.latches.acquire([key]):
+            lock = actions.txn_heart_beat(self._reader, key, start_ts, advise_ttl)
+            txn.put_lock(key, lock)
+            self._write(txn, decisive=False)
+        return lock.ttl
+
+    # ---------------------------------------------------------------- GC
+    def kv_gc(self, safe_point: int) -> GcStats:
+        """Advance the safe point and drop the versions below it.
+
+        Callers must first resolve every lock with ``lock_ts <= safe_point``
+        (``kvstore.client`` does so); a remaining one makes GC refuse, since
+        the versions its owner's readers need may be those about to go.
+        """
+        _check_ts("safe_point", safe_point)
+        lo, hi = codec.txn_range(b"", None)
+        with self._gc_lock:
+            if safe_point < self._safe_point:
+                raise InvalidArgumentError(
+                    f"safe point {safe_point} is below the current {self._safe_point}"
+                )
+            for k, lock in self._reader.scan_locks(lo, hi):
+                if lock.start_ts <= safe_point:
+                    raise InvalidArgumentError(
+                        f"lock {lock_info(k, lock)} is at or below the safe point; resolve it first"
+                    )
+            # Publish first: from now on no read or prewrite below it is let in.
+            b = WriteBatch()
+            b.put(CF_RAFT, GC_SAFE_POINT_KEY, str(safe_point).encode())
+            self._sink.write(b, sync=self._durable)
+            self._safe_point = safe_point
+            stats = GcStats()
+            for chunk in self._key_chunks(lo, hi):
+                txn = MvccTxn(0)
+                with self.latches.acquire(chunk):
+                    for k in chunk:
+                        stats.versions_removed += actions.gc(self._reader, txn, k, safe_point)
+                    self._write(txn, decisive=False)
+                stats.keys_scanned += len(chunk)
+        return stats
+
+    def _key_chunks(self, lo: bytes, hi: bytes) -> Iterable[list[bytes]]:
+        chunk: list[bytes] = []
+        last = None
+        for vk, _ in self._raw_reader.scan(CF_WRITE, lo, hi):
+            k = codec.split_ts(vk)[0]
+            if k == last:
+                continue
+            last = k
+            chunk.append(k)
+            if len(chunk) >= GC_BATCH_KEYS:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    @staticmethod
+    def _encode_keys(keys: Sequence[bytes]) -> list[bytes]:
+        if not isinstance(keys, (list, tuple)) or not keys:
+            raise InvalidArgumentError("expected a non-empty list of keys")
+        return [codec.txn_key(validate_key(k)) for k in keys]
+
+
+__all__ = ["GcStats", "TxnScheduler", "WriteSink"]
