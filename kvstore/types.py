@@ -134,8 +134,12 @@ class Lock:
             lt, start_ts, ttl, mct, size, plen = _LOCK_HEAD.unpack_from(b)
             pos = _LOCK_HEAD.size
             primary = b[pos : pos + plen]
+            if len(primary) != plen:
+                raise ValueError("primary key is truncated")
             pos += plen
-            short = b[pos + 1 :] if len(b) > pos and b[pos] == 1 else None
+            if len(b) > pos and b[pos] != 1:
+                raise ValueError(f"bad short value flag {b[pos]:#x}")
+            short = b[pos + 1 :] if len(b) > pos else None
             return cls(LockType(lt), primary, start_ts, ttl, mct, size, short)
         except (struct.error, ValueError) as e:
             raise InvalidArgumentError(f"malformed lock record: {e}") from None
@@ -168,7 +172,9 @@ class Write:
         try:
             wt, start_ts = _WRITE_HEAD.unpack_from(b)
             pos = _WRITE_HEAD.size
-            short = b[pos + 1 :] if len(b) > pos and b[pos] == 1 else None
+            if len(b) > pos and b[pos] != 1:
+                raise ValueError(f"bad short value flag {b[pos]:#x}")
+            short = b[pos + 1 :] if len(b) > pos else None
             return cls(WriteType(wt), start_ts, short)
         except (struct.error, ValueError) as e:
             raise InvalidArgumentError(f"malformed write record: {e}") from None

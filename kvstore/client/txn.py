@@ -147,8 +147,9 @@ class Transaction:
         """Make the commit conflict with any write to ``keys`` after our
         start_ts, without changing them (prevents write skew on keys read)."""
         self._check_active()
-        for k in keys:
+        for k in keys:  # all first: a bad key must leave the buffer unchanged
             validate_key(k)
+        for k in keys:
             self._mutations.setdefault(k, Mutation(Op.LOCK, k))
 
     # ---------------------------------------------------------------- 2PC

@@ -60,7 +60,7 @@ class TimestampOracle:
 
     def get_ts(self, count: int = 1) -> int:
         """Reserve ``count`` timestamps; return the largest."""
-        if not isinstance(count, int) or not 0 < count < MAX_LOGICAL:
+        if not isinstance(count, int) or isinstance(count, bool) or not 0 < count < MAX_LOGICAL:
             raise InvalidArgumentError(f"count must be in 1..{MAX_LOGICAL - 1}")
         with self._lock:
             now = self._clock_ms()

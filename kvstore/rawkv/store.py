@@ -134,7 +134,10 @@ class RawStore:
         lo, hi = codec.raw_range(start, end)
         batch = WriteBatch()
         batch.delete_range(CF_DEFAULT, lo, hi)
-        self._write(batch)
+        # All latches: a compare_and_swap inside the range must not write back
+        # a value this delete has just removed.
+        with self.latches.acquire_all():
+            self._write(batch)
 
     def raw_compare_and_swap(
         self, key: bytes, expected: bytes | None, new: bytes, ttl: int | None = None

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
+from kvstore.errors import InvalidArgumentError
+
 CF_DEFAULT = "default"
 CF_LOCK = "lock"
 CF_WRITE = "write"
@@ -38,6 +40,8 @@ class WriteBatch:
 
     def delete_range(self, cf: str, start: bytes, end: bytes) -> None:
         """Delete ``start <= key < end`` in ``cf``."""
+        if end < start:
+            raise InvalidArgumentError("delete_range needs start <= end")
         self.ops.append((OP_DELETE_RANGE, cf, start, end))
 
     def extend(self, other: WriteBatch) -> None:

@@ -60,8 +60,14 @@ class _MemorySnapshot:
     def __init__(self, cfs: dict[str, _Cf]):
         self._cfs = cfs
 
+    def _cf(self, cf: str) -> _Cf:
+        try:
+            return self._cfs[cf]
+        except KeyError:
+            raise InvalidArgumentError(f"unknown column family {cf!r}") from None
+
     def get(self, cf: str, key: bytes) -> bytes | None:
-        return self._cfs[cf].data.get(key)
+        return self._cf(cf).data.get(key)
 
     def scan(
         self,
@@ -72,7 +78,7 @@ class _MemorySnapshot:
         limit: int | None = None,
         reverse: bool = False,
     ) -> Iterator[tuple[bytes, bytes]]:
-        return _scan(self._cfs[cf], start, end, limit, reverse)
+        return _scan(self._cf(cf), start, end, limit, reverse)
 
 
 class MemoryEngine:

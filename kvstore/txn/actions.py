@@ -254,6 +254,8 @@ def scan_lock(
 ) -> list[LockInfo]:
     """Locks in ``[start, end)`` with ``lock_ts <= max_ts``."""
     out: list[LockInfo] = []
+    if limit == 0:  # as kv_scan: 0 means no rows (None means unlimited)
+        return out
     for k, lock in reader.scan_locks(start, end):
         if lock.start_ts <= max_ts:
             out.append(lock_info(k, lock))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import zlib
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 
 class Latches:
@@ -24,9 +24,16 @@ class Latches:
         # reproducible in tests.
         return sorted({zlib.crc32(k) % n for k in keys})
 
+    def acquire_all(self) -> AbstractContextManager[None]:
+        """Every slot: for range commands whose keys are not known up front
+        (rare; they stop all other writers for their duration)."""
+        return self._acquire_slots(range(len(self._slots)))
+
+    def acquire(self, keys: Iterable[bytes]) -> AbstractContextManager[None]:
+        return self._acquire_slots(self.slots_of(keys))
+
     @contextmanager
-    def acquire(self, keys: Iterable[bytes]) -> Iterator[None]:
-        slots = self.slots_of(keys)
+    def _acquire_slots(self, slots: Iterable[int]) -> Iterator[None]:
         taken: list[threading.Lock] = []
         try:
             for s in slots:

@@ -69,6 +69,13 @@ def _check_ts(name: str, ts: object) -> int:
     return ts
 
 
+def _check_u64(name: str, v: object) -> int:
+    # Lock fields are stored as u64: reject what would fail to encode.
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= TS_MAX:
+        raise InvalidArgumentError(f"{name} must be an unsigned 64-bit int")
+    return v
+
+
 class TxnScheduler:
     def __init__(self, reader: Reader, sink: WriteSink, *, durable: bool = True) -> None:
         self._reader = MvccReader(reader)
@@ -102,6 +109,8 @@ class TxnScheduler:
     def kv_batch_get(
         self, keys: Sequence[bytes], version: int, bypass_locks: Collection[int] = ()
     ) -> dict[bytes, bytes]:
+        if not isinstance(keys, (list, tuple)):
+            raise InvalidArgumentError("batch_get takes a list of keys")
         for k in keys:
             validate_key(k)
         self._check_read_ts(version)
@@ -146,14 +155,16 @@ class TxnScheduler:
             raise InvalidArgumentError("prewrite needs at least one mutation")
         encoded = []
         for m in mutations:
-            if not isinstance(m, Mutation):
+            if not isinstance(m, Mutation) or not isinstance(m.op, Op):
                 raise InvalidArgumentError("mutations must be Mutation records")
             validate_key(m.key)
             if m.op in (Op.PUT, Op.INSERT):
                 validate_value(m.value)
             encoded.append(Mutation(m.op, codec.txn_key(m.key), m.value))
-        if not isinstance(lock_ttl, int) or lock_ttl <= 0:
+        if _check_u64("lock_ttl", lock_ttl) == 0:
             raise InvalidArgumentError("lock_ttl must be a positive number of milliseconds")
+        _check_u64("txn_size", txn_size)
+        _check_u64("min_commit_ts", min_commit_ts)
         txn = MvccTxn(start_ts)
         with self.latches.acquire(m.key for m in encoded):
             blocked = []
@@ -198,6 +209,7 @@ class TxnScheduler:
         validate_key(primary)
         _check_ts("lock_ts", lock_ts)
         _check_ts("current_ts", current_ts)
+        _check_u64("caller_start_ts", caller_start_ts)
         key = codec.txn_key(primary)
         txn = MvccTxn(lock_ts)
         with self.latches.acquire([key]):
@@ -239,6 +251,7 @@ class TxnScheduler:
     def kv_txn_heart_beat(self, primary: bytes, start_ts: int, advise_ttl: int) -> int:
         validate_key(primary)
         _check_ts("start_ts", start_ts)
+        _check_u64("advise_ttl", advise_ttl)
         key = codec.txn_key(primary)
         txn = MvccTxn(start_ts)
         with self.latches.acquire([key]):
