@@ -1,0 +1,182 @@
+"""Helpers every workload shares: latency statistics, machine facts, result files.
+
+A result is only worth keeping with the context that produced it, so each run
+writes ``<output>/<workload>-<timestamp>.json`` (every number, the machine, the
+exact command line) and a Markdown summary next to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+# Packages whose versions change the numbers (DESIGN.md §4 pins them).
+DEFAULT_LIBRARIES = ("htapkv", "rocksdict", "rich", "pysyncobj", "grpcio", "pyarrow")
+
+
+# ---------------------------------------------------------------- statistics
+def percentile(sorted_values: Sequence[int], q: float) -> int:
+    """Nearest-rank percentile (``q`` in 0..100) of an ascending sequence."""
+    if not sorted_values:
+        raise ValueError("percentile of an empty sequence")
+    rank = max(1, -(-len(sorted_values) * q // 100))  # ceil(n * q / 100), at least 1
+    return sorted_values[min(len(sorted_values), int(rank)) - 1]
+
+
+def latency_summary_us(latencies_ns: Iterable[int]) -> dict[str, float]:
+    """p50/p90/p99/p99.9/max/mean of nanosecond latencies, in microseconds."""
+    values = sorted(latencies_ns)
+    if not values:
+        return {}
+    return {
+        "p50": percentile(values, 50) / 1000,
+        "p90": percentile(values, 90) / 1000,
+        "p99": percentile(values, 99) / 1000,
+        "p999": percentile(values, 99.9) / 1000,
+        "max": values[-1] / 1000,
+        "mean": sum(values) / len(values) / 1000,
+    }
+
+
+# ---------------------------------------------------------------- machine
+def _first_line_with(path: str, prefix: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(prefix):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def filesystem_type(path: str | os.PathLike[str]) -> str | None:
+    """The type (``ext4``, ``tmpfs``...) of the filesystem holding ``path``,
+    from ``/proc/mounts``; None where that file does not exist. It matters:
+    an fsync on tmpfs costs nothing."""
+    real = os.path.realpath(path)
+    best: tuple[int, str] | None = None
+    try:
+        with open("/proc/mounts", encoding="utf-8") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) < 3:
+                    continue
+                mount = fields[1].replace("\\040", " ")
+                inside = real == mount or real.startswith(mount.rstrip("/") + "/")
+                if inside and (best is None or len(mount) > best[0]):
+                    best = (len(mount), fields[2])
+    except OSError:
+        return None
+    return best[1] if best else None
+
+
+def library_versions(names: Iterable[str] = DEFAULT_LIBRARIES) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _git_revision() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{rev}-dirty" if dirty else rev
+
+
+def machine_info(libraries: Iterable[str] = DEFAULT_LIBRARIES) -> dict[str, Any]:
+    """Facts about the machine and software a result depends on."""
+    try:
+        usable_cpus: int | None = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable_cpus = None
+    mem_kb = _first_line_with("/proc/meminfo", "MemTotal")
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": _first_line_with("/proc/cpuinfo", "model name") or platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": usable_cpus,
+        "memory_total": mem_kb,
+        "python_version": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "python_executable": sys.executable,
+        "libraries": library_versions(libraries),
+        "git_revision": _git_revision(),
+    }
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """The command as typed (``htapkv ...``), quoted so it can be pasted back."""
+    args = list(sys.argv if argv is None else argv)
+    if args:
+        prog = os.path.basename(args[0])
+        args[0] = "htapkv" if prog in ("htapkv", "cli.py", "__main__.py") else args[0]
+    return shlex.join(args)
+
+
+# ---------------------------------------------------------------- files
+def timestamp() -> str:
+    """Local time, sortable and safe in file names: ``20250131-142501``."""
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    def esc(cell: str) -> str:
+        return cell.replace("|", "\\|")
+
+    lines = [
+        "| " + " | ".join(esc(h) for h in headers) + " |",
+        "|" + "|".join("---" for _ in headers) + "|",
+    ]
+    lines.extend("| " + " | ".join(esc(c) for c in row) + " |" for row in rows)
+    return "\n".join(lines)
+
+
+def write_results(
+    output_dir: str | os.PathLike[str], workload: str, data: dict[str, Any], markdown: str
+) -> tuple[Path, Path]:
+    """Write ``<workload>-<timestamp>.json`` and ``.md`` into ``output_dir``
+    (created if missing); never overwrite an earlier run's files."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{workload}-{data.get('timestamp') or timestamp()}"
+    n = 1
+    base = stem
+    while (out / f"{stem}.json").exists() or (out / f"{stem}.md").exists():
+        n += 1
+        stem = f"{base}-{n}"
+    json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
+    json_path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    md_path.write_text(markdown if markdown.endswith("\n") else markdown + "\n", encoding="utf-8")
+    return json_path, md_path
