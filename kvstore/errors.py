@@ -19,8 +19,8 @@ protobuf mapping (one place, in the server/client layer) can round-trip them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from kvstore.types import LockInfo
@@ -176,3 +176,67 @@ class TsoError(KVError):
 class RegionError(KVError):
     """The request reached the wrong place or the wrong version of a Region.
     Refresh the Region cache and retry; no data was changed."""
+
+
+@dataclass(eq=False)
+class NotLeaderError(RegionError):
+    """This peer is not the Region's leader. ``leader_store_id``/``leader_peer_id``
+    name the leader if known (0 otherwise): send the request there, or reload
+    the Region from PD."""
+
+    region_id: int
+    leader_store_id: int = 0
+    leader_peer_id: int = 0
+
+    def __str__(self) -> str:
+        return f"region {self.region_id}: not leader (leader store {self.leader_store_id})"
+
+
+@dataclass(eq=False)
+class EpochNotMatchError(RegionError):
+    """The request was routed with an old Region epoch (a split or a
+    membership change happened). ``current_regions`` are the Regions that now
+    cover the range: update the cache with them and re-route."""
+
+    region_id: int
+    current_regions: list[Any] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"region {self.region_id}: epoch not match"
+
+
+@dataclass(eq=False)
+class KeyNotInRegionError(RegionError):
+    """A key of the request lies outside the Region it was sent to: re-route
+    by key."""
+
+    key: bytes
+    region_id: int
+    start_key: bytes = b""
+    end_key: bytes = b""
+
+
+@dataclass(eq=False)
+class RegionNotFoundError(RegionError):
+    """This store has no replica of the Region: reload its location from PD."""
+
+    region_id: int
+
+
+@dataclass(eq=False)
+class ServerIsBusyError(RegionError):
+    """The store is overloaded (too many requests in flight): back off for
+    ``backoff_ms`` and retry."""
+
+    reason: str = ""
+    backoff_ms: int = 0
+
+
+@dataclass(eq=False)
+class ProposalDroppedError(RegionError):
+    """The Raft proposal may or may not have been applied (leader changed or
+    the proposal timed out). For a transaction command this is an unknown
+    outcome: retrying is safe because Percolator commands are idempotent."""
+
+    region_id: int
+    reason: str = ""

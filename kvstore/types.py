@@ -244,3 +244,36 @@ class TxnStatus:
     @property
     def is_rolled_back(self) -> bool:
         return self.lock_ttl == 0 and self.commit_ts == 0
+
+
+# ----------------------------------------------------------------- regions
+@dataclass(frozen=True, slots=True)
+class RegionEpoch:
+    """``conf_ver`` bumps on membership changes, ``version`` on splits/merges."""
+
+    conf_ver: int = 1
+    version: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """One replica of a Region. ``is_learner``: receives the log, never votes."""
+
+    id: int
+    store_id: int
+    is_learner: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    """A key range ``[start_key, end_key)`` of *encoded* keys (``end_key=b""``:
+    unbounded) replicated by one Raft group."""
+
+    id: int
+    start_key: bytes
+    end_key: bytes
+    epoch: RegionEpoch
+    peers: tuple[Peer, ...]
+
+    def contains(self, encoded_key: bytes) -> bool:
+        return encoded_key >= self.start_key and (not self.end_key or encoded_key < self.end_key)

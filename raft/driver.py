@@ -1,0 +1,214 @@
+"""One thread that drives every Raft group of a process.
+
+Each loop: flush every group's new log entries with one fsync, send the
+follower acknowledgements that waited for that flush, turn queued proposals
+into log entries, tick every group (timers, commit index, apply, sends), then
+wait on one poller shared by all groups for network events, a proposal, or
+the next timer. With ``autoTick=False`` pysyncobj does nothing on its own, so
+all of its state lives in this thread.
+
+Shared poller: pysyncobj creates a poller per object through the module-level
+name ``pysyncobj.syncobj.createPoller``; while this driver constructs a group
+it points that name at its own poller. Groups are only ever constructed here,
+in the driver thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pysyncobj.syncobj as _syncobj
+from pysyncobj.poller import POLL_EVENT_TYPE, createPoller
+
+from raft.config import RaftConfig
+from raft.group import RaftGroup, StateMachine
+from raft.log_store import RaftLogStore
+from raft.transport import StoreTransportHub
+
+log = logging.getLogger(__name__)
+
+_construct_lock = threading.Lock()  # the createPoller/createJournal patch is process-wide
+_encryptors: dict[str, Any] = {}
+
+
+def _cached_encryptor(password: Any) -> Any:
+    # PBKDF2 with 100k rounds per SyncObj: derive once per secret, not per group.
+    key = password if isinstance(password, str) else bytes(password).decode()
+    if key not in _encryptors:
+        from pysyncobj.encryptor import getEncryptor
+
+        _encryptors[key] = getEncryptor(password)
+    return _encryptors[key]
+
+
+class RaftDriver:
+    def __init__(
+        self,
+        log_store: RaftLogStore,
+        raft_addr: str,
+        *,
+        secret: str | None = None,
+        idle_wait: float = 0.01,
+        name: str = "raft",
+    ) -> None:
+        """``raft_addr``: this process's one Raft address (host:port; bind
+        to loopback unless the cluster spans machines). ``secret``: the
+        cluster secret; without it Raft traffic is unauthenticated."""
+        self.log_store = log_store
+        self.raft_addr = raft_addr
+        self.idle_wait = idle_wait
+        self.groups: dict[int, RaftGroup] = {}
+        self._poller = createPoller("auto")
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._poller.subscribe(self._wake_r, self._on_wake, POLL_EVENT_TYPE.READ)
+        self.hub = StoreTransportHub(
+            self._poller,
+            raft_addr,
+            encryptor=_cached_encryptor(secret) if secret else None,
+        )
+        self.hub.bind()
+        self.raft_addr = self.hub.self_addr  # the real port if 0 was asked for
+        self._deferred: list[Callable[[], None]] = []
+        self._calls: list[tuple[Callable[[], Any], threading.Event, list[Any]]] = []
+        self._calls_lock = threading.Lock()
+        self._loop_cv = threading.Condition()
+        self._loops = 0
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name=f"{name}-driver", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------ API
+    def add_group(
+        self,
+        group_id: int,
+        voters: list[str],
+        state_machine: StateMachine,
+        config: RaftConfig,
+        *,
+        learner: bool = False,
+    ) -> RaftGroup:
+        """Host a replica of group ``group_id`` whose voters are the stores at
+        ``voters`` (Raft addresses, this one's included unless ``learner``)."""
+        self_addr = None if learner else self.raft_addr
+
+        def make() -> RaftGroup:
+            journal = self.log_store.journal(group_id)
+            with _construct_lock:
+                saved = (_syncobj.createPoller, _syncobj.createJournal)
+                _syncobj.createPoller = lambda _t: self._poller
+                _syncobj.createJournal = lambda _f: journal
+                try:
+                    g = RaftGroup(self, group_id, self_addr, voters, state_machine, journal, config)
+                finally:
+                    _syncobj.createPoller, _syncobj.createJournal = saved
+            self.groups[group_id] = g
+            return g
+
+        group: RaftGroup = self.call(make)
+        return group
+
+    def remove_group(self, group_id: int, *, drop_log: bool = False) -> None:
+        def drop() -> None:
+            g = self.groups.pop(group_id, None)
+            if g is None:
+                return
+            g.destroyed = True
+            g.fail_pending("group removed")
+            g.obj._doDestroy()
+            if drop_log:
+                self.log_store.drop_group(group_id)
+
+        self.call(drop)
+
+    def call(self, fn: Callable[[], Any], timeout: float = 30.0) -> Any:
+        """Run ``fn`` in the driver thread and return its result."""
+        if threading.current_thread() is self._thread:
+            return fn()
+        ev = threading.Event()
+        box: list[Any] = []
+        with self._calls_lock:
+            self._calls.append((fn, ev, box))
+        self.wake()
+        if not ev.wait(timeout):
+            raise TimeoutError("raft driver did not run the call in time")
+        if isinstance(box[0], BaseException):
+            raise box[0]
+        return box[0]
+
+    def defer(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` right after the next log flush (driver thread only)."""
+        self._deferred.append(fn)
+
+    def wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # a full pipe: the driver is awake anyway
+            os.write(self._wake_w, b"x")
+
+    def wait_loop(self, timeout: float = 1.0) -> None:
+        """Block until the driver completes another loop."""
+        with self._loop_cv:
+            n = self._loops
+            self._loop_cv.wait_for(lambda: self._loops > n or self._stop, timeout)
+
+    def stop(self) -> None:
+        if self._stop:
+            return
+        for gid in list(self.groups):
+            self.remove_group(gid)
+        self._stop = True
+        self.wake()
+        self._thread.join(timeout=10)
+        self.log_store.flush()
+        self.hub.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    # ------------------------------------------------------------ loop
+    def _on_wake(self, _fd: int, _ev: int) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _run(self) -> None:
+        while not self._stop:
+            try:
+                self._loop_once()
+            except Exception:  # one bad tick must not kill every group
+                log.exception("raft driver loop failed")
+
+    def _loop_once(self) -> None:
+        with self._calls_lock:
+            calls, self._calls = self._calls, []
+        for fn, ev, box in calls:
+            try:
+                box.append(fn())
+            except BaseException as e:
+                box.append(e)
+            ev.set()
+        self._flush()
+        groups = list(self.groups.values())
+        for g in groups:
+            g._drain()
+        self.hub.tick()
+        for g in groups:
+            g.obj.doTick(0.0)
+        self._flush()
+        self._poller.poll(self.idle_wait)
+        with self._loop_cv:
+            self._loops += 1
+            self._loop_cv.notify_all()
+
+    def _flush(self) -> None:
+        self.log_store.flush()
+        if self._deferred:
+            deferred, self._deferred = self._deferred, []
+            for fn in deferred:
+                fn()

@@ -1,0 +1,299 @@
+"""One replica of one Raft group, on pysyncobj.
+
+Commands are opaque bytes. A proposal is tagged with the term in which the
+leader computed it; when an entry is applied whose log term differs from that
+tag (pysyncobj forwarded it to a new leader, who appended it in a later
+term), it is skipped on every replica alike and its proposer told
+:class:`ProposalError`. This matters because commands are computed on the
+leader's state: applying one computed by a deposed leader could act on stale
+reads.
+
+A leader accepts proposals only once it has applied its own no-op entry, i.e.
+every entry of earlier terms: until then its state may lag the log.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pysyncobj import FAIL_REASON, SyncObj, replicated
+
+from raft.config import RaftConfig
+from raft.log_store import RocksJournal
+from raft.transport import transport_class
+
+if TYPE_CHECKING:
+    from raft.driver import RaftDriver
+
+BARRIER = b""  # an empty command: applied as a no-op, proves leadership
+
+
+class ProposalError(Exception):
+    """A proposal did not take effect *as far as we know*: not leader, leader
+    changed, timed out, or skipped as stale. ``unknown`` says whether it may
+    still have been applied (timeouts and leader changes) or surely was not."""
+
+    def __init__(self, reason: str, *, unknown: bool, leader: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.unknown = unknown
+        self.leader = leader
+
+
+class StateMachine(Protocol):
+    def apply(self, index: int, commands: list[bytes]) -> list[Any]:
+        """Apply the commands of log entry ``index`` in order; return one
+        result per command. Runs in the driver thread; must be
+        deterministic. Called again after a restart for entries above the
+        last index the state machine made durable: skip those it has."""
+        ...
+
+
+class _Proposal:
+    __slots__ = ("command", "error", "event", "result")
+
+    def __init__(self, command: bytes) -> None:
+        self.command = command
+        self.event = threading.Event()
+        self.result: Any = None
+        self.error: ProposalError | None = None
+
+    def done(self, result: Any, error: ProposalError | None) -> None:
+        self.result, self.error = result, error
+        self.event.set()
+
+
+class _Replica(SyncObj):  # type: ignore[misc]
+    """pysyncobj object of one replica; all calls happen in the driver thread
+    except ``_applyCommand`` (a thread-safe queue put)."""
+
+    def __init__(
+        self, group: RaftGroup, self_addr: str | None, peers: list[str], conf: Any, transport: Any
+    ) -> None:
+        self._group = group
+        super().__init__(self_addr, peers, conf, transportClass=transport)
+
+    @replicated  # type: ignore[untyped-decorator]
+    def _apply_batch(self, term: int, commands: list[bytes]) -> list[Any] | None:
+        index = self.raftLastApplied + 1
+        return self._group._on_apply(index, term, commands)
+
+    # Follower's append acknowledgement: deferred until the driver has
+    # flushed the log (the entries it acknowledges must be durable). Only the
+    # latest acknowledgement per leader is sent: older ones say less.
+    def _SyncObj__sendNextNodeIdx(
+        self,
+        node: Any,
+        reset: bool = False,
+        nextNodeIdx: int | None = None,
+        success: bool = False,
+    ) -> None:
+        if nextNodeIdx is None:
+            nextNodeIdx = self._SyncObj__getCurrentLogIndex() + 1
+        pending = self._group._pending_acks
+        if node not in pending:
+            self._group._driver.defer(functools.partial(self._send_ack, node))
+        pending[node] = (reset, nextNodeIdx, success)
+
+    def _send_ack(self, node: Any) -> None:
+        args = self._group._pending_acks.pop(node, None)
+        if args is not None and not self._group.destroyed:
+            super()._SyncObj__sendNextNodeIdx(node, *args)
+
+    # Acknowledgements reach the leader after it has already sent further
+    # entries; pysyncobj would then move nextIndex back and resend (and make
+    # the follower truncate and rewrite) entries in flight. Keep nextIndex
+    # from going backwards on a *successful* acknowledgement.
+    def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
+        if isinstance(message, dict) and message.get("type") == "next_node_idx":
+            next_index = self._SyncObj__raftNextIndex
+            before = next_index.get(node)
+            super()._SyncObj__onMessageReceived(node, message)
+            after = next_index.get(node)
+            if (
+                before is not None
+                and after is not None
+                and message.get("success")
+                and not message.get("reset")
+                and after < before
+            ):
+                next_index[node] = before
+            return
+        super()._SyncObj__onMessageReceived(node, message)
+
+
+class RaftGroup:
+    """A replica of group ``group_id``: a voter at ``self_addr`` among
+    ``peers`` (all voters' addresses), or a learner when ``self_addr`` is
+    None. Create through :meth:`RaftDriver.add_group`."""
+
+    def __init__(
+        self,
+        driver: RaftDriver,
+        group_id: int,
+        self_addr: str | None,
+        peers: list[str],
+        state_machine: StateMachine,
+        journal: RocksJournal,
+        config: RaftConfig,
+    ) -> None:
+        self.group_id = group_id
+        self.self_addr = self_addr
+        self.config = config
+        self._driver = driver
+        self._sm = state_machine
+        self._journal = journal
+        self._pending: list[_Proposal] = []
+        self._pending_lock = threading.Lock()
+        self._in_flight: dict[int, list[_Proposal]] = {}
+        self._pending_acks: dict[Any, tuple[bool, int, bool]] = {}
+        self.last_applied_index = 0
+        self.destroyed = False
+        conf = config.sync_obj_conf()
+        others = [p for p in peers if p != self_addr]
+        self.obj = _Replica(self, self_addr, others, conf, transport_class(driver.hub, group_id))
+
+    # ------------------------------------------------------------ status
+    @property
+    def is_learner(self) -> bool:
+        return self.self_addr is None
+
+    def is_leader(self) -> bool:
+        return bool(self.obj._isLeader())
+
+    def is_ready_leader(self) -> bool:
+        """Leader that has applied every entry of earlier terms."""
+        if not self.obj._isLeader():
+            return False
+        noop = self.obj._SyncObj__noopIDx
+        return noop is not None and self.obj.raftLastApplied >= noop
+
+    def leader(self) -> str | None:
+        node = self.obj._getLeader()
+        return None if node is None else str(node.address if hasattr(node, "address") else node)
+
+    def term(self) -> int:
+        return int(self.obj.raftCurrentTerm)
+
+    def commit_index(self) -> int:
+        return int(self.obj.raftCommitIndex)
+
+    def applied_index(self) -> int:
+        return int(self.obj.raftLastApplied)
+
+    def status(self) -> dict[str, Any]:
+        return dict(self.obj.getStatus())
+
+    # ------------------------------------------------------------ proposals
+    def propose(self, command: bytes, timeout: float | None = None) -> Any:
+        """Replicate ``command`` and return the state machine's result for it.
+
+        Raises :class:`ProposalError`: not the (ready) leader (nothing was
+        proposed), or leader changed / timed out (unknown outcome).
+        """
+        if not self.is_ready_leader():
+            raise ProposalError("not leader", unknown=False, leader=self.leader())
+        p = _Proposal(command)
+        with self._pending_lock:
+            first = not self._pending
+            self._pending.append(p)
+        if first:
+            self._driver.wake()
+        if not p.event.wait(timeout if timeout is not None else self.config.proposal_timeout):
+            raise ProposalError("proposal timed out", unknown=True, leader=self.leader())
+        if p.error is not None:
+            raise p.error
+        return p.result
+
+    def read_barrier(self, timeout: float | None = None) -> None:
+        """Return once a no-op proposed *after* this call is applied here as
+        leader: everything committed before the call is then in our state,
+        and we were leader when the barrier committed (linearizable reads
+        without a lease). Concurrent readers share one barrier entry."""
+        self.propose(BARRIER, timeout)
+
+    def _drain(self) -> None:
+        """Driver thread: turn queued proposals into one log entry."""
+        with self._pending_lock:
+            if not self._pending:
+                return
+            batch = self._pending[: self.config.max_batch_commands]
+            del self._pending[: len(batch)]
+            more = bool(self._pending)
+        term = self.term()
+        # The id keys the batch until its callback; the entry carries the term.
+        key = id(batch)
+        self._in_flight[key] = batch
+
+        def on_result(result: Any, err: int) -> None:
+            done = self._in_flight.pop(key, None)
+            if done is None:
+                return
+            if err == FAIL_REASON.SUCCESS and isinstance(result, list):
+                for prop, r in zip(done, result, strict=True):
+                    prop.done(r, None)
+                return
+            if err == FAIL_REASON.SUCCESS:  # skipped as stale
+                error = ProposalError("stale proposal skipped", unknown=False)
+            elif err in (FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER):
+                error = ProposalError("not leader", unknown=False, leader=self.leader())
+            else:
+                error = ProposalError(f"proposal failed ({err})", unknown=True)
+            for prop in done:
+                prop.done(None, error)
+
+        self.obj._apply_batch(term, [p.command for p in batch], callback=on_result)
+        if more:
+            self._driver.wake()
+
+    def _on_apply(self, index: int, term: int, commands: list[bytes]) -> list[Any] | None:
+        entry_term = self._journal.term_at(index)
+        self.last_applied_index = index
+        if entry_term is not None and entry_term != term:
+            return None  # computed by a deposed leader: skipped everywhere
+        real = [c for c in commands if c != BARRIER]
+        results = self._sm.apply(index, real) if real else []
+        it = iter(results)
+        return [None if c == BARRIER else next(it) for c in commands]
+
+    def fail_pending(self, reason: str) -> None:
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+        for batch in [pending, *self._in_flight.values()]:
+            for p in batch:
+                p.done(None, ProposalError(reason, unknown=True))
+        self._in_flight.clear()
+
+    # ------------------------------------------------------------ membership
+    def _admin(self, fn: Callable[..., Any], *args: Any, timeout: float = 5.0) -> None:
+        ev = threading.Event()
+        out: list[int] = []
+
+        def cb(_res: Any, err: int) -> None:
+            out.append(err)
+            ev.set()
+
+        self._driver.call(lambda: fn(*args, callback=cb))
+        if not ev.wait(timeout):
+            raise ProposalError("membership change timed out", unknown=True)
+        if out[0] != FAIL_REASON.SUCCESS:
+            raise ProposalError(f"membership change failed ({out[0]})", unknown=False)
+
+    def add_member(self, addr: str, timeout: float = 5.0) -> None:
+        """Add a voter (it must already run with the new member list)."""
+        self._admin(self.obj.addNodeToCluster, addr, timeout=timeout)
+
+    def remove_member(self, addr: str, timeout: float = 5.0) -> None:
+        self._admin(self.obj.removeNodeFromCluster, addr, timeout=timeout)
+
+    def transfer_leader(self, addr: str | None = None, timeout: float = 5.0) -> None:
+        """Ask the leader to hand leadership to ``addr`` (a caught-up voter);
+        waits until this replica sees another leader."""
+        self._admin(self.obj.transferLeadership, addr, timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while self.is_leader() and time.monotonic() < deadline:
+            self._driver.wait_loop()

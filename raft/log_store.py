@@ -1,0 +1,191 @@
+"""The Raft log, kept in the caller's storage and fsync'd in batches.
+
+:class:`RaftLogStore` is shared by all groups of a process. Each group has a
+:class:`RocksJournal`, the object pysyncobj calls ``journal``: it keeps the
+log in memory (pysyncobj indexes it like a list) and queues every change; the
+driver calls :meth:`RaftLogStore.flush` once per loop, writing the changes of
+every group in one synced batch.
+
+Layout under the group's prefix ``raftlog/<group id, 8 bytes>/``:
+
+* ``e<index, 8 bytes>`` -> ``term (8 bytes) + command``
+* ``s`` -> ``term, voted_for, commit_index`` (hard state)
+
+Term and vote are written *and synced* immediately (Raft requires them
+durable before a vote is sent); the commit index rides on the next flush.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from pysyncobj.journal import Journal
+
+_U64 = struct.Struct(">Q")
+_STATE = struct.Struct(">QQ")  # term, commit index; voted_for follows as text
+
+
+class LogStorage(Protocol):
+    """What the Raft log needs from the store's engine."""
+
+    def scan_prefix(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]: ...
+
+    def apply(
+        self,
+        puts: list[tuple[bytes, bytes]],
+        deletes: list[tuple[bytes, bytes]],
+        *,
+        sync: bool,
+    ) -> None:
+        """Atomically put ``puts`` and delete each ``[start, end)`` range."""
+        ...
+
+
+def group_prefix(group_id: int) -> bytes:
+    return b"raftlog/" + _U64.pack(group_id) + b"/"
+
+
+class RaftLogStore:
+    def __init__(self, storage: LogStorage) -> None:
+        self.storage = storage
+        self._lock = threading.Lock()
+        self._puts: list[tuple[bytes, bytes]] = []
+        self._deletes: list[tuple[bytes, bytes]] = []
+        self.flushes = 0
+
+    def journal(self, group_id: int) -> RocksJournal:
+        return RocksJournal(self, group_id)
+
+    def queue(self, puts: list[tuple[bytes, bytes]], deletes: list[tuple[bytes, bytes]]) -> None:
+        with self._lock:
+            # A storage batch applies its deletes before its puts. A delete
+            # queued after puts (e.g. truncating a conflicting log tail just
+            # appended) must not run before them: write the puts out first.
+            if deletes and self._puts:
+                self._flush_locked(sync=False)
+            self._deletes.extend(deletes)
+            self._puts.extend(puts)
+
+    def write_now(self, puts: list[tuple[bytes, bytes]]) -> None:
+        """Write (and sync) at once, together with everything queued."""
+        with self._lock:
+            self._puts.extend(puts)
+            self._flush_locked(sync=True)
+
+    def flush(self) -> bool:
+        """Make everything queued durable. Returns whether anything was."""
+        with self._lock:
+            if not self._puts and not self._deletes:
+                return False
+            self._flush_locked(sync=True)
+            return True
+
+    def _flush_locked(self, *, sync: bool) -> None:
+        puts, deletes = self._puts, self._deletes
+        self._puts, self._deletes = [], []
+        self.storage.apply(puts, deletes, sync=sync)
+        if sync:
+            self.flushes += 1
+
+    def drop_group(self, group_id: int) -> None:
+        p = group_prefix(group_id)
+        self.queue([], [(p, p + b"\xff")])
+        self.flush()
+
+
+class RocksJournal(Journal):  # type: ignore[misc]
+    """pysyncobj ``Journal`` backed by :class:`RaftLogStore`."""
+
+    def __init__(self, store: RaftLogStore, group_id: int) -> None:
+        self._store = store
+        self._prefix = group_prefix(group_id)
+        self._entries: list[tuple[bytes, int, int]] = []
+        self._term = 0
+        self._voted_for: str | None = None
+        self._commit_index = 1
+        for k, v in store.storage.scan_prefix(self._prefix):
+            tail = k[len(self._prefix) :]
+            if tail[:1] == b"e":
+                idx = _U64.unpack(tail[1:9])[0]
+                term = _U64.unpack(v[:8])[0]
+                self._entries.append((v[8:], idx, term))
+            elif tail == b"s":
+                self._term, self._commit_index = _STATE.unpack(v[: _STATE.size])
+                voted = v[_STATE.size :]
+                self._voted_for = voted.decode() if voted else None
+
+    # ---- keys
+    def _ekey(self, idx: int) -> bytes:
+        return self._prefix + b"e" + _U64.pack(idx)
+
+    def _state(self) -> tuple[bytes, bytes]:
+        voted = (self._voted_for or "").encode()
+        return self._prefix + b"s", _STATE.pack(self._term, self._commit_index) + voted
+
+    # ---- pysyncobj Journal API
+    def add(self, command: bytes, idx: int, term: int) -> None:
+        self._entries.append((command, idx, term))
+        self._store.queue([(self._ekey(idx), _U64.pack(term) + bytes(command))], [])
+
+    def clear(self) -> None:
+        self._entries = []
+        self._store.queue([], [(self._prefix + b"e", self._prefix + b"f")])
+
+    def deleteEntriesFrom(self, entryFrom: int) -> None:
+        if entryFrom >= len(self._entries):
+            return
+        first = self._entries[entryFrom][1]
+        del self._entries[entryFrom:]
+        self._store.queue([], [(self._ekey(first), self._prefix + b"f")])
+
+    def deleteEntriesTo(self, entryTo: int) -> None:
+        if entryTo <= 0:
+            return
+        last = self._entries[min(entryTo, len(self._entries)) - 1][1]
+        del self._entries[:entryTo]
+        self._store.queue([], [(self._ekey(0), self._ekey(last + 1))])
+
+    def __getitem__(self, item: Any) -> Any:
+        return self._entries[item]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _destroy(self) -> None:
+        pass
+
+    def setRaftCommitIndex(self, raftCommitIndex: int) -> None:
+        # Not queued: a stale commit index only means re-learning it from the
+        # leader after a restart. It is saved with the next term change and
+        # once a second, never costing a flush of its own.
+        self._commit_index = raftCommitIndex
+
+    def onOneSecondTimer(self) -> None:
+        self._store.queue([self._state()], [])
+
+    def getRaftCommitIndex(self) -> int:
+        return self._commit_index
+
+    def setCurrentTerm(self, term: int, votedForNodeId: Any) -> None:
+        self._term = term
+        self._voted_for = None if votedForNodeId is None else str(votedForNodeId)
+        # Durable before the vote (or the new term) is announced.
+        self._store.write_now([self._state()])
+
+    def getCurrentTerm(self) -> int:
+        return self._term
+
+    def getVotedForNodeId(self) -> str | None:
+        return self._voted_for
+
+    # ---- ours
+    def term_at(self, idx: int) -> int | None:
+        if not self._entries:
+            return None
+        pos = idx - self._entries[0][1]
+        if 0 <= pos < len(self._entries):
+            return self._entries[pos][2]
+        return None

@@ -1,0 +1,253 @@
+"""The multi-Raft layer on real pysyncobj, real TCP (loopback) and real
+RocksDB logs; several 'stores' (drivers) in one process."""
+
+from __future__ import annotations
+
+import pickle
+import socket
+import struct
+import threading
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from raft import ProposalError, RaftGroup
+from tests.raft_helpers import Node, leader_of, make_nodes, propose, wait_for
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[list[Node]]:
+    nodes = make_nodes(tmp_path, 3)
+    addrs = [n.addr for n in nodes]
+    try:
+        for n in nodes:
+            n.host(1, addrs)
+        yield nodes
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def test_replicas_apply_the_same_commands_in_the_same_order(cluster: list[Node]) -> None:
+    results = [propose(cluster, 1, b"c%d" % i) for i in range(50)]
+    assert results == sorted(results)  # each proposal answered with its own result
+    expected = [b"c%d" % i for i in range(50)]
+    for n in cluster:
+        wait_for(lambda n=n: n.machines[1].commands() == expected, what="replica convergence")
+    indexes = [[i for i, _ in n.machines[1].applied] for n in cluster]
+    assert indexes[0] == indexes[1] == indexes[2]
+    assert indexes[0] == sorted(indexes[0])
+
+
+def test_concurrent_proposals_share_log_entries(cluster: list[Node]) -> None:
+    leader = leader_of(cluster, 1)
+    n_threads, per = 32, 40
+
+    def work(t: int) -> None:
+        for i in range(per):
+            leader.propose(b"%d-%d" % (t, i))
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    m = next(n for n in cluster if n.groups[1] is leader).machines[1]
+    entries = {i for i, _ in m.applied}
+    assert len(m.applied) >= n_threads * per
+    # Group commit: far fewer log entries than commands.
+    assert len(entries) < n_threads * per / 2
+
+
+def test_follower_refuses_proposals_without_proposing(cluster: list[Node]) -> None:
+    leader = leader_of(cluster, 1)
+    follower = next(n.groups[1] for n in cluster if n.groups[1] is not leader)
+    before = len(follower._journal)
+    with pytest.raises(ProposalError) as e:
+        follower.propose(b"nope")
+    assert e.value.unknown is False
+    assert e.value.leader == leader.self_addr
+    assert len(follower._journal) == before
+
+
+def test_read_barrier_on_leader_and_refusal_on_follower(cluster: list[Node]) -> None:
+    leader = leader_of(cluster, 1)
+    leader.propose(b"w")
+    leader.read_barrier()
+    follower = next(n.groups[1] for n in cluster if n.groups[1] is not leader)
+    with pytest.raises(ProposalError):
+        follower.read_barrier()
+
+
+def test_learner_receives_every_entry_with_its_index(tmp_path: Path) -> None:
+    nodes = make_nodes(tmp_path, 4)
+    addrs = [n.addr for n in nodes]
+    voters = addrs[:3]
+    try:
+        for n in nodes[:3]:
+            n.host(7, voters)
+        learner = nodes[3].host(7, voters, learner=True)
+        for i in range(30):
+            propose(nodes[:3], 7, b"e%d" % i)
+        lm = nodes[3].machines[7]
+        wait_for(lambda: len(lm.applied) == 30, what="learner catch-up")
+        vm = nodes[0].machines[7]
+        wait_for(lambda: len(vm.applied) == 30, what="voter catch-up")
+        assert lm.applied == vm.applied  # same commands at the same log indexes
+        assert learner.is_learner and not learner.is_leader()
+        with pytest.raises(ProposalError):
+            learner.propose(b"x")
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def test_whole_group_restart_replays_the_durable_log(tmp_path: Path) -> None:
+    nodes = make_nodes(tmp_path, 3)
+    addrs = [n.addr for n in nodes]
+    paths = [n.path for n in nodes]
+    try:
+        for n in nodes:
+            n.host(1, addrs)
+        for i in range(20):
+            propose(nodes, 1, b"d%d" % i)
+    finally:
+        for n in nodes:
+            n.stop()
+    nodes = [Node(p, a) for p, a in zip(paths, addrs, strict=True)]
+    try:
+        for n in nodes:
+            n.host(1, addrs)
+        propose(nodes, 1, b"after")
+        expected = [b"d%d" % i for i in range(20)] + [b"after"]
+        for n in nodes:
+            # A fresh state machine sees the whole committed log again.
+            wait_for(lambda n=n: n.machines[1].commands() == expected, what="replay")
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def test_membership_change_and_leader_transfer(tmp_path: Path) -> None:
+    nodes = make_nodes(tmp_path, 4)
+    addrs = [n.addr for n in nodes]
+    try:
+        for n in nodes[:3]:
+            n.host(3, addrs[:3])
+        leader = leader_of(nodes[:3], 3)
+        leader.propose(b"before")
+        nodes[3].host(3, addrs)  # the newcomer knows the new membership
+        leader.add_member(addrs[3])
+        leader.propose(b"after-add")
+        wait_for(
+            lambda: nodes[3].machines[3].commands() == [b"before", b"after-add"], what="new voter"
+        )
+        target = addrs[3]
+        wait_for(
+            lambda: (
+                leader.obj._SyncObj__raftMatchIndex.get(
+                    next(x for x in leader.obj._SyncObj__otherNodes if x.id == target)
+                )
+                == leader.obj._SyncObj__getCurrentLogIndex()
+            ),
+            what="target caught up",
+        )
+        leader.transfer_leader(target)
+        new_leader = leader_of(nodes, 3)
+        assert new_leader.self_addr == target
+        old = leader.self_addr
+        new_leader.remove_member(old)
+        new_leader.propose(b"after-remove")
+        status = new_leader.status()
+        assert status["partner_nodes_count"] == 2
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def test_stale_term_commands_are_skipped_everywhere(cluster: list[Node]) -> None:
+    leader: RaftGroup = leader_of(cluster, 1)
+    index = leader.applied_index() + 1
+    # An entry whose log term differs from the term its command was computed
+    # in (a deposed leader's command forwarded to a new leader) is skipped.
+    leader._journal.add(b"", index, leader.term() + 1)
+    try:
+        assert leader._on_apply(index, leader.term(), [b"stale"]) is None
+    finally:
+        leader._journal.deleteEntriesFrom(len(leader._journal) - 1)
+    assert b"stale" not in [c for n in cluster for c in n.machines[1].commands()]
+
+
+def test_secret_rejects_unauthenticated_messages(tmp_path: Path) -> None:
+    nodes = make_nodes(tmp_path, 3, secret="s3cret")
+    addrs = [n.addr for n in nodes]
+    try:
+        for n in nodes:
+            n.host(1, addrs)
+        leader = leader_of(nodes, 1)
+        leader.propose(b"legit")
+        victim = next(n for n in nodes if n.groups[1] is not leader)
+        term_before = victim.groups[1].term()
+        # A forged append_entries at a huge term, framed exactly as our hub
+        # frames messages, but not encrypted with the cluster key.
+        forged = (
+            1,
+            1,
+            {
+                "type": "append_entries",
+                "term": 10**6,
+                "commit_index": 0,
+                "entries": [],
+                "prevLogIdx": 0,
+                "prevLogTerm": 0,
+            },
+        )
+        host, port = victim.addr.rsplit(":", 1)
+        with socket.create_connection((host, int(port))) as s:
+            for msg in [(0, "127.0.0.1:1"), forged]:
+                data = zlib.compress(pickle.dumps(msg), 3)
+                s.sendall(struct.pack("i", len(data)) + data)
+            s.settimeout(5)
+            # The hub closes the connection instead of acting on the frame.
+            try:
+                while s.recv(4096):
+                    pass
+            except (ConnectionResetError, TimeoutError):
+                pass
+        leader.propose(b"still-fine")
+        assert victim.groups[1].term() == term_before
+        wait_for(lambda: b"still-fine" in victim.machines[1].commands(), what="replication")
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def test_without_a_secret_the_same_injection_takes_effect(cluster: list[Node]) -> None:
+    """The control for the test above: with no cluster secret, Raft trusts
+    whoever reaches its port. That is why the port binds to loopback unless
+    configured otherwise, and why a multi-machine cluster needs a secret."""
+    leader = leader_of(cluster, 1)
+    leader.propose(b"x")
+    victim = next(n for n in cluster if n.groups[1] is not leader)
+    forged = (
+        1,
+        1,
+        {
+            "type": "append_entries",
+            "term": 10**6,
+            "commit_index": 0,
+            "entries": [],
+            "prevLogIdx": 0,
+            "prevLogTerm": 0,
+        },
+    )
+    host, port = victim.addr.rsplit(":", 1)
+    with socket.create_connection((host, int(port))):
+        pass
+    with socket.create_connection((host, int(port))) as s:
+        for msg in [(0, "127.0.0.1:1"), forged]:
+            data = zlib.compress(pickle.dumps(msg), 3)
+            s.sendall(struct.pack("i", len(data)) + data)
+        wait_for(lambda: victim.groups[1].term() >= 10**6, what="forged term adopted")
