@@ -35,12 +35,24 @@ class RawStore:
         *,
         durable: bool = True,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        latches: Latches | None = None,
+        bounds: Callable[[], tuple[bytes, bytes]] | None = None,
     ) -> None:
         self._reader = reader
         self._sink = sink
         self._durable = durable
         self._clock_ms = clock_ms
-        self.latches = Latches()
+        self.latches = latches or Latches()
+        self._bounds = bounds
+
+    def _range(self, start: bytes, end: bytes | None) -> tuple[bytes, bytes]:
+        lo, hi = codec.raw_range(start, end)
+        if self._bounds is not None:
+            b_lo, b_hi = self._bounds()
+            lo = max(lo, b_lo)
+            if b_hi:
+                hi = min(hi, b_hi)
+        return lo, hi
 
     # ------------------------------------------------------------ encoding
     def _encode_value(self, value: bytes, ttl: int | None) -> bytes:
@@ -83,7 +95,7 @@ class RawStore:
     ) -> list[tuple[bytes, bytes]]:
         start, end = validate_range(start, end)
         limit = validate_limit(limit)
-        lo, hi = codec.raw_range(start, end)
+        lo, hi = self._range(start, end)
         now = self._clock_ms()
         out: list[tuple[bytes, bytes]] = []
         if limit == 0:
@@ -131,7 +143,7 @@ class RawStore:
         start, end = validate_range(start, end)
         if end is not None and end <= start:
             raise InvalidArgumentError("delete_range needs start < end")
-        lo, hi = codec.raw_range(start, end)
+        lo, hi = self._range(start, end)
         batch = WriteBatch()
         batch.delete_range(CF_DEFAULT, lo, hi)
         # All latches: a compare_and_swap inside the range must not write back

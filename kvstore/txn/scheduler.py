@@ -21,7 +21,7 @@ log order, since the later synced commit makes everything before it durable.
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -77,15 +77,36 @@ def _check_u64(name: str, v: object) -> int:
 
 
 class TxnScheduler:
-    def __init__(self, reader: Reader, sink: WriteSink, *, durable: bool = True) -> None:
+    def __init__(
+        self,
+        reader: Reader,
+        sink: WriteSink,
+        *,
+        durable: bool = True,
+        latches: Latches | None = None,
+        bounds: Callable[[], tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        """``bounds``: the encoded key range this scheduler serves (a
+        Region's ``[start, end)``, ``end=b""`` unbounded); range commands are
+        clipped to it. None: the whole key space (an embedded store)."""
         self._reader = MvccReader(reader)
         self._raw_reader = reader
         self._sink = sink
         self._durable = durable
-        self.latches = Latches()
+        self.latches = latches or Latches()
+        self._bounds = bounds
         self._gc_lock = threading.Lock()
         raw = sink.get(CF_RAFT, GC_SAFE_POINT_KEY)
         self._safe_point = int(raw) if raw else 0
+
+    def _range(self, start: bytes, end: bytes | None) -> tuple[bytes, bytes]:
+        lo, hi = codec.txn_range(start, end)
+        if self._bounds is not None:
+            b_lo, b_hi = self._bounds()
+            lo = max(lo, b_lo)
+            if b_hi:
+                hi = min(hi, b_hi)
+        return lo, hi
 
     @property
     def gc_safe_point(self) -> int:
@@ -132,7 +153,7 @@ class TxnScheduler:
         start, end = validate_range(start, end)
         limit = validate_limit(limit)
         self._check_read_ts(version)
-        lo, hi = codec.txn_range(start, end)
+        lo, hi = self._range(start, end)
         rows = self._reader.scan(lo, hi, version, limit=limit, bypass_locks=bypass_locks)
         return [(codec.decode_txn_key(k), v) for k, v in rows]
 
@@ -229,7 +250,7 @@ class TxnScheduler:
         if commit_ts:
             _check_ts("commit_ts", commit_ts)
         if keys is None:
-            lo, hi = codec.txn_range(b"", None)
+            lo, hi = self._range(b"", None)
             enc = [k for k, lock in self._reader.scan_locks(lo, hi) if lock.start_ts == start_ts]
         else:
             enc = self._encode_keys(keys)
@@ -245,7 +266,7 @@ class TxnScheduler:
     ) -> list[LockInfo]:
         _check_ts("max_ts", max_ts)
         start, end = validate_range(start, end)
-        lo, hi = codec.txn_range(start, end)
+        lo, hi = self._range(start, end)
         return actions.scan_lock(self._reader, max_ts, lo, hi, validate_limit(limit))
 
     def kv_txn_heart_beat(self, primary: bytes, start_ts: int, advise_ttl: int) -> int:
@@ -269,7 +290,7 @@ class TxnScheduler:
         the versions its owner's readers need may be those about to go.
         """
         _check_ts("safe_point", safe_point)
-        lo, hi = codec.txn_range(b"", None)
+        lo, hi = self._range(b"", None)
         with self._gc_lock:
             if safe_point < self._safe_point:
                 raise InvalidArgumentError(

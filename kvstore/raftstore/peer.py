@@ -1,0 +1,170 @@
+"""A Peer: one store's replica of one Region.
+
+The peer is the Raft group's state machine. Apply runs in the Raft driver
+thread, entry by entry in log order, and for each entry writes one engine
+batch holding the data of every command in it *and* the Region's applied
+index, so a restart resumes exactly after the last applied entry (entries
+at or below it are skipped when pysyncobj replays its log).
+
+Per command, apply checks (identically on every replica, so replicas never
+diverge):
+
+* the command's epoch equals the Region's, else :class:`EpochNotMatchError`
+  (a split or membership change was ordered before it);
+* every data key lies inside the Region, else :class:`KeyNotInRegionError`.
+
+Writes are not fsync'd here: the Raft log is the durable record and is
+replayed over the engine after a crash.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from kvstore.errors import (
+    EpochNotMatchError,
+    KeyNotInRegionError,
+    NotLeaderError,
+    ProposalDroppedError,
+)
+from kvstore.raftstore import cmd as raftcmd
+from kvstore.raftstore.meta import applied_key, decode_u64, encode_region, encode_u64, meta_key
+from kvstore.storage import CF_RAFT, DATA_CFS, Engine, WriteBatch
+from kvstore.storage.engine import OP_DELETE_RANGE
+from kvstore.types import Peer as PeerMeta
+from kvstore.types import Region, RegionEpoch
+from raft import ProposalError
+
+if TYPE_CHECKING:
+    from raft import RaftGroup
+
+
+class Peer:
+    def __init__(
+        self,
+        region: Region,
+        store_id: int,
+        engine: Engine,
+        on_split: Callable[[Region, Region], None],
+    ) -> None:
+        self.region = region
+        self.store_id = store_id
+        self.engine = engine
+        self._on_split = on_split
+        self.applied_index = decode_u64(engine.get(CF_RAFT, applied_key(region.id)))
+        self.group: RaftGroup | None = None  # set by the store once created
+        self.lock = threading.Lock()  # guards ``region`` for readers outside the driver
+
+    @property
+    def region_id(self) -> int:
+        return self.region.id
+
+    @property
+    def meta(self) -> PeerMeta:
+        return next(p for p in self.region.peers if p.store_id == self.store_id)
+
+    # ------------------------------------------------------------ apply
+    def apply(self, index: int, commands: list[bytes]) -> list[Any]:
+        if index <= self.applied_index:
+            return [None] * len(commands)  # replay of an entry already in the engine
+        batch = WriteBatch()
+        results: list[Any] = []
+        splits: list[tuple[Region, Region]] = []
+        for data in commands:
+            c = raftcmd.decode(data)
+            region = self.region
+            if c.epoch != region.epoch:
+                results.append(EpochNotMatchError(region.id, [region]))
+                continue
+            if c.kind == raftcmd.WRITE:
+                assert c.batch is not None
+                bad = self._key_outside(c.batch)
+                if bad is not None:
+                    results.append(
+                        KeyNotInRegionError(bad, region.id, region.start_key, region.end_key)
+                    )
+                    continue
+                batch.extend(c.batch)
+                results.append(None)
+            elif c.kind == raftcmd.SPLIT:
+                assert c.split is not None
+                left, right = self._split(region, c.split)
+                batch.put(CF_RAFT, meta_key(left.id), encode_region(left))
+                batch.put(CF_RAFT, meta_key(right.id), encode_region(right))
+                with self.lock:
+                    self.region = left
+                splits.append((left, right))
+                results.append((left, right))
+        batch.put(CF_RAFT, applied_key(self.region.id), encode_u64(index))
+        self.engine.write(batch)
+        self.applied_index = index
+        for left, right in splits:
+            self._on_split(left, right)
+        return results
+
+    def _key_outside(self, batch: WriteBatch) -> bytes | None:
+        r = self.region
+        for op, cf, key, value in batch.ops:
+            if cf not in DATA_CFS:
+                continue
+            if not r.contains(key):
+                return key
+            # A range delete must end inside the Region too.
+            if op == OP_DELETE_RANGE and r.end_key and value is not None and value > r.end_key:
+                return value
+        return None
+
+    @staticmethod
+    def _split(region: Region, req: raftcmd.SplitRequest) -> tuple[Region, Region]:
+        version = region.epoch.version + 1
+        epoch = RegionEpoch(region.epoch.conf_ver, version)
+        left = Region(region.id, region.start_key, req.split_key, epoch, region.peers)
+        peers = tuple(
+            PeerMeta(new_id, old.store_id, old.is_learner)
+            for new_id, old in zip(req.new_peer_ids, region.peers, strict=True)
+        )
+        right = Region(req.new_region_id, req.split_key, region.end_key, epoch, peers)
+        return left, right
+
+    # ------------------------------------------------------------ proposing
+    def _group(self) -> RaftGroup:
+        if self.group is None:
+            raise NotLeaderError(self.region.id)
+        return self.group
+
+    def propose(self, data: bytes, timeout: float | None = None) -> Any:
+        try:
+            result = self._group().propose(data, timeout)
+        except ProposalError as e:
+            if e.unknown:
+                raise ProposalDroppedError(self.region.id, e.reason) from None
+            raise self.not_leader(e.leader) from None
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def propose_write(self, batch: WriteBatch, epoch: RegionEpoch | None = None) -> None:
+        self.propose(raftcmd.encode_write(self.region.id, epoch or self.region.epoch, batch))
+
+    def propose_split(self, req: raftcmd.SplitRequest) -> tuple[Region, Region]:
+        r = self.region
+        if not (r.contains(req.split_key) and req.split_key != r.start_key):
+            raise KeyNotInRegionError(req.split_key, r.id, r.start_key, r.end_key)
+        result: tuple[Region, Region] = self.propose(raftcmd.encode_split(r.id, r.epoch, req))
+        return result
+
+    def read_barrier(self) -> None:
+        try:
+            self._group().read_barrier()
+        except ProposalError as e:
+            if e.unknown:
+                raise ProposalDroppedError(self.region.id, e.reason) from None
+            raise self.not_leader(e.leader) from None
+
+    def not_leader(self, leader_addr: str | None = None) -> NotLeaderError:
+        return NotLeaderError(self.region.id)
+
+    def is_leader(self) -> bool:
+        return self.group is not None and self.group.is_ready_leader()

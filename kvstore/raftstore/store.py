@@ -1,0 +1,321 @@
+"""A store: one RocksDB, one Raft driver, many Region peers.
+
+The store hosts a :class:`~kvstore.raftstore.peer.Peer` per Region replica,
+each driven as a Raft group by the store's single
+:class:`~raft.RaftDriver`, with the Raft log in the same RocksDB (``raft``
+column family). Commands reach a Region through :meth:`Store.region`: the
+returned :class:`RegionHandle` checks the routing (leader, epoch, key range)
+and exposes the Region's transaction scheduler and raw store, whose writes
+are proposed to the Region's Raft group (:class:`PeerSink`).
+
+Cluster membership is static here: ``StoreConfig.cluster`` maps store ids to
+Raft addresses. New ids (Regions and peers created by a split) come from a
+per-store allocator, ``store_id << 40 | counter``, unique without
+coordination. (With a placement driver these come from PD instead.)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from kvstore import codec
+from kvstore.errors import (
+    EpochNotMatchError,
+    KeyNotInRegionError,
+    NotLeaderError,
+    RegionNotFoundError,
+)
+from kvstore.raftstore import cmd as raftcmd
+from kvstore.raftstore.meta import (
+    ID_ALLOC_KEY,
+    REGION_PREFIX,
+    decode_region,
+    decode_u64,
+    encode_region,
+    encode_u64,
+    meta_key,
+)
+from kvstore.raftstore.peer import Peer
+from kvstore.rawkv import RawStore
+from kvstore.storage import CF_DEFAULT, CF_RAFT, CF_WRITE, RocksEngine, WriteBatch
+from kvstore.txn import Latches, TxnScheduler
+from kvstore.types import Peer as PeerMeta
+from kvstore.types import Region, RegionEpoch
+from raft import RaftConfig, RaftDriver, RaftLogStore
+
+log = logging.getLogger(__name__)
+
+ID_BITS = 40
+
+
+@dataclass
+class StoreConfig:
+    store_id: int
+    data_dir: str
+    raft_addr: str = "127.0.0.1:0"
+    # store id -> Raft address of every store (this one included).
+    cluster: dict[int, str] = field(default_factory=dict)
+    secret: str | None = None
+    raft: RaftConfig = field(default_factory=RaftConfig)
+    # Split a Region once it holds more than this many keys (0: never).
+    split_threshold_keys: int = 0
+    split_check_interval: float = 0.5
+    # With no Region on disk, create the first one (whole key space, a peer
+    # on every store of ``cluster``). Every store of a new cluster does this
+    # identically, so they agree without talking.
+    bootstrap: bool = True
+
+
+class EngineLogStorage:
+    """The Raft log's storage: the store engine's ``raft`` column family."""
+
+    def __init__(self, engine: RocksEngine) -> None:
+        self.engine = engine
+
+    def scan_prefix(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        return self.engine.scan(CF_RAFT, prefix, prefix + b"\xff")
+
+    def apply(
+        self, puts: list[tuple[bytes, bytes]], deletes: list[tuple[bytes, bytes]], *, sync: bool
+    ) -> None:
+        b = WriteBatch()
+        for s, e in deletes:
+            b.delete_range(CF_RAFT, s, e)
+        for k, v in puts:
+            b.put(CF_RAFT, k, v)
+        self.engine.write(b, sync=sync)
+
+
+class PeerSink:
+    """Where a Region's commands write: a proposal to its Raft group. The
+    call returns once the batch is applied on this (leader) replica."""
+
+    def __init__(self, peer: Peer, engine: RocksEngine) -> None:
+        self.peer = peer
+        self.engine = engine
+
+    def get(self, cf: str, key: bytes) -> bytes | None:
+        return self.engine.get(cf, key)
+
+    def write(self, batch: WriteBatch, *, sync: bool = False) -> None:
+        # ``sync`` is moot: the Raft log is fsync'd before the entry commits.
+        self.peer.propose_write(batch)
+
+
+class RegionHandle:
+    """A routed request's view of one Region (see :meth:`Store.region`)."""
+
+    def __init__(self, store: Store, peer: Peer) -> None:
+        self.store = store
+        self.peer = peer
+        self.region = peer.region
+        self.scheduler = store.schedulers[peer.region_id]
+        self.rawstore = store.rawstores[peer.region_id]
+
+    def check_txn_keys(self, keys: Sequence[bytes]) -> None:
+        self._check([codec.txn_key(k) for k in keys if isinstance(k, bytes)])
+
+    def check_raw_keys(self, keys: Sequence[bytes]) -> None:
+        self._check([codec.raw_key(k) for k in keys if isinstance(k, bytes)])
+
+    def _check(self, encoded: list[bytes]) -> None:
+        r = self.region
+        for k in encoded:
+            if not r.contains(k):
+                raise KeyNotInRegionError(k, r.id, r.start_key, r.end_key)
+
+    def read_barrier(self) -> None:
+        self.peer.read_barrier()
+
+
+class Store:
+    def __init__(self, config: StoreConfig) -> None:
+        self.config = config
+        self.store_id = config.store_id
+        os.makedirs(config.data_dir, exist_ok=True)
+        self.engine = RocksEngine(os.path.join(config.data_dir, "db"))
+        self.driver = RaftDriver(
+            RaftLogStore(EngineLogStorage(self.engine)),
+            config.raft_addr,
+            secret=config.secret,
+            name=f"store{config.store_id}",
+        )
+        self.raft_addr = self.driver.raft_addr
+        self.cluster: dict[int, str] = {}
+        self.latches = Latches()
+        self.peers: dict[int, Peer] = {}
+        self.schedulers: dict[int, TxnScheduler] = {}
+        self.rawstores: dict[int, RawStore] = {}
+        self._peers_lock = threading.Lock()
+        self._id_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._checker: threading.Thread | None = None
+        if config.cluster:
+            self.start(config.cluster)
+
+    def start(self, cluster: dict[int, str]) -> None:
+        """Start serving once every store's Raft address is known (a store
+        bound to port 0 learns its own only after binding)."""
+        self.cluster = dict(cluster)
+        self.cluster[self.store_id] = self.raft_addr
+        regions = self._load_regions()
+        if not regions and self.config.bootstrap:
+            regions = [self._bootstrap_region()]
+        for r in regions:
+            self._start_peer(r)
+        if self.config.split_threshold_keys > 0:
+            self._checker = threading.Thread(
+                target=self._split_check_loop, name=f"split-check-{self.store_id}", daemon=True
+            )
+            self._checker.start()
+
+    # ------------------------------------------------------------ regions
+    def _load_regions(self) -> list[Region]:
+        out = []
+        for k, v in self.engine.scan(CF_RAFT, REGION_PREFIX, REGION_PREFIX + b"\xff"):
+            if k.endswith(b"/meta"):
+                out.append(decode_region(v))
+        return out
+
+    def _bootstrap_region(self) -> Region:
+        peers = tuple(PeerMeta(sid, sid) for sid in sorted(self.cluster))
+        region = Region(1, b"", b"", RegionEpoch(1, 1), peers)
+        b = WriteBatch()
+        b.put(CF_RAFT, meta_key(region.id), encode_region(region))
+        self.engine.write(b, sync=True)
+        return region
+
+    def _start_peer(self, region: Region) -> Peer:
+        peer = Peer(region, self.store_id, self.engine, self._on_split)
+        me = peer.meta
+        voters = [self.cluster[p.store_id] for p in region.peers if not p.is_learner]
+
+        def bounds(peer: Peer = peer) -> tuple[bytes, bytes]:
+            r = peer.region
+            return r.start_key, r.end_key
+
+        sink = PeerSink(peer, self.engine)
+        with self._peers_lock:
+            self.peers[region.id] = peer
+            self.schedulers[region.id] = TxnScheduler(
+                self.engine, sink, latches=self.latches, bounds=bounds
+            )
+            self.rawstores[region.id] = RawStore(
+                self.engine, sink, latches=self.latches, bounds=bounds
+            )
+        peer.group = self.driver.add_group(
+            region.id, voters, peer, self.config.raft, learner=me.is_learner
+        )
+        return peer
+
+    def _on_split(self, left: Region, right: Region) -> None:
+        # Driver thread, right after the split entry is applied here.
+        if right.id not in self.peers:
+            self._start_peer(right)
+
+    def region(
+        self, region_id: int, epoch: RegionEpoch | None, *, leader: bool = True
+    ) -> RegionHandle:
+        """Route a request: the Region must be here, led here (unless
+        ``leader=False``), and at the epoch the request was routed with."""
+        peer = self.peers.get(region_id)
+        if peer is None:
+            raise RegionNotFoundError(region_id)
+        if leader and not peer.is_leader():
+            raise self.not_leader(peer)
+        if epoch is not None and epoch.version != peer.region.epoch.version:
+            raise EpochNotMatchError(region_id, self.regions_overlapping(peer.region))
+        return RegionHandle(self, peer)
+
+    def not_leader(self, peer: Peer) -> NotLeaderError:
+        leader_addr = peer.group.leader() if peer.group is not None else None
+        leader_store = next((sid for sid, a in self.cluster.items() if a == leader_addr), 0)
+        leader_peer = next((p.id for p in peer.region.peers if p.store_id == leader_store), 0)
+        return NotLeaderError(peer.region_id, leader_store, leader_peer)
+
+    def regions_overlapping(self, region: Region) -> list[Region]:
+        out = []
+        for p in list(self.peers.values()):
+            r = p.region
+            if (not region.end_key or r.start_key < region.end_key) and (
+                not r.end_key or r.end_key > region.start_key
+            ):
+                out.append(r)
+        return sorted(out, key=lambda r: r.start_key)
+
+    def region_for_key(self, encoded_key: bytes) -> Region | None:
+        for p in list(self.peers.values()):
+            if p.region.contains(encoded_key):
+                return p.region
+        return None
+
+    def all_regions(self) -> list[Region]:
+        return sorted((p.region for p in list(self.peers.values())), key=lambda r: r.start_key)
+
+    # ------------------------------------------------------------ split
+    def alloc_id(self) -> int:
+        with self._id_lock:
+            n = decode_u64(self.engine.get(CF_RAFT, ID_ALLOC_KEY)) + 1
+            b = WriteBatch()
+            b.put(CF_RAFT, ID_ALLOC_KEY, encode_u64(n))
+            self.engine.write(b, sync=True)
+            return (self.store_id << ID_BITS) | n
+
+    def split_region(self, region_id: int, split_key: bytes) -> tuple[Region, Region]:
+        """Propose splitting ``region_id`` at encoded ``split_key`` (leader)."""
+        handle = self.region(region_id, None)
+        new_id = self.alloc_id()
+        peer_ids = tuple(self.alloc_id() for _ in handle.region.peers)
+        req = raftcmd.SplitRequest(split_key, new_id, peer_ids)
+        return handle.peer.propose_split(req)
+
+    def approximate_keys(self, region: Region) -> tuple[int, bytes | None]:
+        """Distinct keys in the Region (write CF user keys and raw keys) and
+        the middle one: a split point that halves it."""
+        keys: list[bytes] = []
+        last = None
+        end = region.end_key or None
+        for vk, _ in self.engine.scan(CF_WRITE, region.start_key, end):
+            k = vk[:-8]
+            if k != last:
+                keys.append(k)
+                last = k
+        raw_lo, raw_hi = codec.raw_range(b"", None)
+        lo, hi = max(region.start_key, raw_lo), raw_hi if not end else min(end, raw_hi)
+        if lo < hi:
+            keys.extend(k for k, _ in self.engine.scan(CF_DEFAULT, lo, hi))
+        keys.sort()
+        if len(keys) < 2:
+            return len(keys), None
+        return len(keys), keys[len(keys) // 2]
+
+    def _split_check_loop(self) -> None:
+        while not self._stop.wait(self.config.split_check_interval):
+            for peer in list(self.peers.values()):
+                if not peer.is_leader():
+                    continue
+                try:
+                    n, mid = self.approximate_keys(peer.region)
+                    if n > self.config.split_threshold_keys and mid is not None:
+                        left, right = self.split_region(peer.region_id, mid)
+                        log.info(
+                            "store %d split region %d at %r -> %d",
+                            self.store_id,
+                            left.id,
+                            mid,
+                            right.id,
+                        )
+                except Exception:  # a failed check is retried next round
+                    log.exception("split check of region %d failed", peer.region_id)
+
+    # ------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        self._stop.set()
+        if self._checker is not None:
+            self._checker.join(timeout=5)
+        self.driver.stop()
+        self.engine.close()
