@@ -6,12 +6,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench-smoke clean
+.PHONY: demo test test-fast lint proto bench-smoke clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m kvstore.proto
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -27,7 +28,12 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
-lint: $(STAMP)
+# The protobuf modules are generated on import when the .proto files change;
+# this makes sure they exist before mypy and import-linter read the tree.
+proto: $(STAMP)
+	$(BIN)/python -m kvstore.proto
+
+lint: proto
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
