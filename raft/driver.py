@@ -53,6 +53,7 @@ class RaftDriver:
         raft_addr: str,
         *,
         secret: str | None = None,
+        dial: dict[str, str] | None = None,
         idle_wait: float = 0.01,
         name: str = "raft",
     ) -> None:
@@ -72,6 +73,7 @@ class RaftDriver:
             self._poller,
             raft_addr,
             encryptor=_cached_encryptor(secret) if secret else None,
+            dial=dial,
         )
         self.hub.bind()
         self.raft_addr = self.hub.self_addr  # the real port if 0 was asked for

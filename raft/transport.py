@@ -59,7 +59,11 @@ class StoreTransportHub:
         encryptor: Any = None,
         connection_timeout: float = 3.5,
         buffer_size: int = 2**18,
+        dial: dict[str, str] | None = None,
     ) -> None:
+        """``dial`` maps a peer's Raft address (its identity) to the address
+        to connect to instead, e.g. a proxy that fault tests can cut."""
+        self.dial = dict(dial or {})
         self.poller = poller
         self.self_addr = self_addr
         self.encryptor = encryptor
@@ -155,7 +159,7 @@ class StoreTransportHub:
         conn.setOnConnectedCallback(functools.partial(self._on_dialled, link, conn))
         conn.setOnDisconnectedCallback(functools.partial(self._on_link_down, link, conn))
         link.conn, link.ready = conn, False
-        host, port = link.addr.rsplit(":", 1)
+        host, port = self.dial.get(link.addr, link.addr).rsplit(":", 1)
         if not conn.connect(host, int(port)):
             link.conn = None
 

@@ -1,0 +1,170 @@
+"""A replicated store process: ``python -m kvstore.server.store_server``.
+
+Serves the Kv service (:class:`~kvstore.server.region_handler.RegionKvHandler`)
+and the Debug service (Regions hosted here, replica checksums) over gRPC, and
+the Raft traffic of its Region peers on its one Raft port.
+
+Start-up without a placement driver (static membership): the process binds
+its Raft and Kv ports (port 0: any free one), publishes them in
+``DATA_DIR/addrs.json``, then waits for ``--cluster-file``: JSON mapping every
+store id to ``{"raft": addr, "kv": addr}``. Whoever launches the cluster
+writes it once every store has published. On a restart the store binds the
+same ports again (from ``addrs.json``) and reads the cluster from its data
+directory, so it can rejoin on its own. ``DATA_DIR/ready`` appears once it
+serves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from kvstore.proto import debugpb_pb2
+from kvstore.proto.convert import region_to_pb
+from kvstore.raftstore import Store, StoreConfig
+from kvstore.server.kv_service import serve
+from kvstore.server.region_handler import RegionKvHandler
+from kvstore.storage import DATA_CFS
+
+log = logging.getLogger(__name__)
+
+DEBUG_SERVICE = "htapkv.debugpb.Debug"
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+class DebugService:
+    def __init__(self, store: Store, kv_addrs: dict[int, str]) -> None:
+        self.store = store
+        self.kv_addrs = kv_addrs
+
+    def get_regions(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+        resp = debugpb_pb2.GetRegionsResponse(store_id=self.store.store_id)
+        for sid, addr in self.kv_addrs.items():
+            resp.store_addrs[sid] = addr
+        for peer in list(self.store.peers.values()):
+            info = resp.regions.add()
+            info.region.CopyFrom(region_to_pb(peer.region))
+            info.is_leader = peer.is_leader()
+            info.applied_index = peer.applied_index
+            try:
+                info.leader_store_id = self.store.not_leader(peer).leader_store_id
+            except Exception:  # leader unknown during an election
+                info.leader_store_id = 0
+        return resp.SerializeToString()
+
+    def region_checksum(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+        resp = debugpb_pb2.RegionChecksumResponse()
+        try:
+            req = debugpb_pb2.RegionChecksumRequest.FromString(data)
+        except DecodeError as e:
+            resp.error = f"malformed request: {e}"
+            return resp.SerializeToString()
+        peer = self.store.peers.get(req.region_id)
+        if peer is None:
+            resp.error = f"region {req.region_id} not found"
+            return resp.SerializeToString()
+
+        # Taken in the Raft driver thread, between two applies: the digest and
+        # the applied index describe the same state.
+        def digest() -> tuple[str, int, int]:
+            h = hashlib.sha256()
+            n = 0
+            r = peer.region
+            for cf in DATA_CFS:
+                for k, v in self.store.engine.scan(cf, r.start_key, r.end_key or None):
+                    h.update(b"%s|%d|%s|%d|%s" % (cf.encode(), len(k), k, len(v), v))
+                    n += 1
+            return h.hexdigest(), peer.applied_index, n
+
+        resp.checksum, resp.applied_index, resp.keys = self.store.driver.call(digest)
+        return resp.SerializeToString()
+
+    def rpc_handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            DEBUG_SERVICE,
+            {
+                "GetRegions": grpc.unary_unary_rpc_method_handler(self.get_regions),
+                "RegionChecksum": grpc.unary_unary_rpc_method_handler(self.region_checksum),
+            },
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("--store-id", type=int, required=True)
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--host", default="127.0.0.1", help="interface for both ports")
+    p.add_argument("--cluster-file", help="JSON: store id -> {raft, kv} (first start)")
+    p.add_argument("--secret", default=os.environ.get("HTAPKV_CLUSTER_SECRET"))
+    p.add_argument("--split-keys", type=int, default=0, help="split Regions above N keys")
+    p.add_argument(
+        "--raft-dial-file",
+        help="JSON: peer Raft address -> address to dial instead (fault-test proxies)",
+    )
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s store %(name)s %(message)s")
+
+    data = Path(args.data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "ready").unlink(missing_ok=True)
+    addrs_path = data / "addrs.json"
+    previous = json.loads(addrs_path.read_text()) if addrs_path.exists() else {}
+    raft_addr = previous.get("raft", f"{args.host}:0")
+    kv_addr = previous.get("kv", f"{args.host}:0")
+
+    store = Store(
+        StoreConfig(
+            store_id=args.store_id,
+            data_dir=str(data),
+            raft_addr=raft_addr,
+            secret=args.secret,
+            split_threshold_keys=args.split_keys,
+        )
+    )
+    kv_addrs: dict[int, str] = {}
+    bound = serve(RegionKvHandler(store), kv_addr, batch_chunk=1)
+    bound.server.add_generic_rpc_handlers((DebugService(store, kv_addrs).rpc_handler(),))
+    write_json_atomic(addrs_path, {"raft": store.raft_addr, "kv": bound.address})
+
+    cluster_copy = data / "cluster.json"
+    source = cluster_copy if cluster_copy.exists() else Path(args.cluster_file or cluster_copy)
+    while not source.exists():  # the launcher writes it once every store published
+        time.sleep(0.02)
+    cluster = {int(k): v for k, v in json.loads(source.read_text()).items()}
+    if source != cluster_copy:
+        write_json_atomic(cluster_copy, {str(k): v for k, v in cluster.items()})
+    kv_addrs.update({sid: v["kv"] for sid, v in cluster.items()})
+    if args.raft_dial_file:  # written by the launcher before the cluster file
+        store.driver.hub.dial.update(json.loads(Path(args.raft_dial_file).read_text()))
+    store.start({sid: v["raft"] for sid, v in cluster.items()})
+    (data / "ready").write_text("1")
+    log.info(
+        "store %d serving Kv on %s, Raft on %s", store.store_id, bound.address, store.raft_addr
+    )
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    bound.stop(grace=1.0)
+    store.close()
+
+
+if __name__ == "__main__":
+    main()
