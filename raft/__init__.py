@@ -33,7 +33,7 @@ tuned for sub-second failover.
 
 from raft.config import RaftConfig
 from raft.driver import RaftDriver
-from raft.group import ProposalError, RaftGroup, StateMachine
+from raft.group import ProposalError, RaftGroup, SnapshotMachine, StateMachine
 from raft.log_store import LogStorage, RaftLogStore
 
 __all__ = [
@@ -43,5 +43,6 @@ __all__ = [
     "RaftDriver",
     "RaftGroup",
     "RaftLogStore",
+    "SnapshotMachine",
     "StateMachine",
 ]

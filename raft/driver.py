@@ -54,6 +54,7 @@ class RaftDriver:
         *,
         secret: str | None = None,
         dial: dict[str, str] | None = None,
+        snap_dir: str | None = None,
         idle_wait: float = 0.01,
         name: str = "raft",
     ) -> None:
@@ -62,6 +63,9 @@ class RaftDriver:
         cluster secret; without it Raft traffic is unauthenticated."""
         self.log_store = log_store
         self.raft_addr = raft_addr
+        self.snap_dir = snap_dir
+        if snap_dir is not None:
+            os.makedirs(snap_dir, exist_ok=True)
         self.idle_wait = idle_wait
         self.groups: dict[int, RaftGroup] = {}
         self._poller = createPoller("auto")

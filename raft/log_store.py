@@ -106,6 +106,10 @@ class RocksJournal(Journal):  # type: ignore[misc]
         self._term = 0
         self._voted_for: str | None = None
         self._commit_index = 1
+        self._state_dirty = False
+        # Entries set aside by clear(): their tail is kept if pysyncobj then
+        # re-adds an entry they already hold (see clear()).
+        self._shadow: list[tuple[bytes, int, int]] | None = None
         for k, v in store.storage.scan_prefix(self._prefix):
             tail = k[len(self._prefix) :]
             if tail[:1] == b"e":
@@ -127,12 +131,33 @@ class RocksJournal(Journal):  # type: ignore[misc]
 
     # ---- pysyncobj Journal API
     def add(self, command: bytes, idx: int, term: int) -> None:
+        if self._shadow is not None:
+            shadow, self._shadow = self._shadow, None
+            pos = idx - shadow[0][1] if shadow else -1
+            if 0 <= pos < len(shadow) and shadow[pos][2] == term:
+                # Raft §7: our log holds the snapshot's entry at the same index
+                # and term, so everything after it is valid: keep it.
+                self._entries = shadow[pos:]
+                self._store.queue([], [(self._ekey(0), self._ekey(idx))])
+                return
+            self._store.queue([], [(self._prefix + b"e", self._prefix + b"f")])
+        if self._entries and idx <= self._entries[-1][1]:
+            pos = idx - self._entries[0][1]
+            if pos >= 0 and self._entries[pos][2] == term:
+                return  # already held (a kept tail)
+            self.deleteEntriesFrom(max(pos, 0))
         self._entries.append((command, idx, term))
         self._store.queue([(self._ekey(idx), _U64.pack(term) + bytes(command))], [])
 
     def clear(self) -> None:
+        """pysyncobj clears the log before loading a snapshot and re-adds the
+        snapshot's last two entries. Dropping the tail there is what lost
+        acknowledged writes when a crash fell between replacing the snapshot
+        file and truncating the log: so the clear only takes effect if the
+        next entry added does not match one we hold (see :meth:`add`)."""
+        if self._shadow is None:
+            self._shadow = self._entries
         self._entries = []
-        self._store.queue([], [(self._prefix + b"e", self._prefix + b"f")])
 
     def deleteEntriesFrom(self, entryFrom: int) -> None:
         if entryFrom >= len(self._entries):
@@ -154,6 +179,9 @@ class RocksJournal(Journal):  # type: ignore[misc]
     def __len__(self) -> int:
         return len(self._entries)
 
+    def first_index(self) -> int | None:
+        return self._entries[0][1] if self._entries else None
+
     def _destroy(self) -> None:
         pass
 
@@ -161,10 +189,14 @@ class RocksJournal(Journal):  # type: ignore[misc]
         # Not queued: a stale commit index only means re-learning it from the
         # leader after a restart. It is saved with the next term change and
         # once a second, never costing a flush of its own.
-        self._commit_index = raftCommitIndex
+        if raftCommitIndex != self._commit_index:
+            self._commit_index = raftCommitIndex
+            self._state_dirty = True
 
     def onOneSecondTimer(self) -> None:
-        self._store.queue([self._state()], [])
+        if self._state_dirty:
+            self._state_dirty = False
+            self._store.queue([self._state()], [])
 
     def getRaftCommitIndex(self) -> int:
         return self._commit_index

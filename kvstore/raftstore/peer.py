@@ -19,9 +19,11 @@ replayed over the engine after a crash.
 
 from __future__ import annotations
 
+import json
+import struct
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from kvstore.errors import (
     EpochNotMatchError,
@@ -30,7 +32,14 @@ from kvstore.errors import (
     ProposalDroppedError,
 )
 from kvstore.raftstore import cmd as raftcmd
-from kvstore.raftstore.meta import applied_key, decode_u64, encode_region, encode_u64, meta_key
+from kvstore.raftstore.meta import (
+    applied_key,
+    decode_region,
+    decode_u64,
+    encode_region,
+    encode_u64,
+    meta_key,
+)
 from kvstore.storage import CF_RAFT, DATA_CFS, Engine, WriteBatch
 from kvstore.storage.engine import OP_DELETE_RANGE
 from kvstore.types import Peer as PeerMeta
@@ -39,6 +48,10 @@ from raft import ProposalError
 
 if TYPE_CHECKING:
     from raft import RaftGroup
+
+_U32 = struct.Struct(">I")
+_REC = struct.Struct(">BII")
+_END = 255
 
 
 class Peer:
@@ -55,6 +68,7 @@ class Peer:
         self._on_split = on_split
         self.applied_index = decode_u64(engine.get(CF_RAFT, applied_key(region.id)))
         self.group: RaftGroup | None = None  # set by the store once created
+        self.snapshots_installed = 0
         self.lock = threading.Lock()  # guards ``region`` for readers outside the driver
 
     @property
@@ -127,6 +141,49 @@ class Peer:
         )
         right = Region(req.new_region_id, req.split_key, region.end_key, epoch, peers)
         return left, right
+
+    # ------------------------------------------------------------ snapshots
+    # Format: u32 + JSON header {region, applied_index}, then records
+    # (cf index u8, key length u32, value length u32, key, value), then a
+    # record with cf index 255 as the end mark. Taken in the driver thread
+    # between two applies, so it is exactly the state at ``applied_index``.
+    def write_snapshot(self, f: BinaryIO) -> None:
+        r = self.region
+        head = json.dumps(
+            {"region": encode_region(r).decode(), "applied_index": self.applied_index}
+        ).encode()
+        f.write(_U32.pack(len(head)) + head)
+        for i, cf in enumerate(DATA_CFS):
+            for k, v in self.engine.scan(cf, r.start_key, r.end_key or None):
+                f.write(_REC.pack(i, len(k), len(v)) + k + v)
+        f.write(_REC.pack(_END, 0, 0))
+
+    def read_snapshot(self, f: BinaryIO) -> None:
+        (n,) = _U32.unpack(f.read(4))
+        head = json.loads(f.read(n))
+        index = int(head["applied_index"])
+        if index <= self.applied_index:
+            return  # start-up re-read of our own snapshot: the engine is newer
+        region = decode_region(head["region"].encode())
+        batch = WriteBatch()
+        # Every data key starts with an encoded key-space byte (b"r", b"x"),
+        # so b"\xff" lies past all of them.
+        end = region.end_key or b"\xff"
+        for cf in DATA_CFS:
+            batch.delete_range(cf, region.start_key, end)
+        while True:
+            cfi, klen, vlen = _REC.unpack(f.read(_REC.size))
+            if cfi == _END:
+                break
+            k = f.read(klen)
+            batch.put(DATA_CFS[cfi], k, f.read(vlen))
+        batch.put(CF_RAFT, meta_key(region.id), encode_region(region))
+        batch.put(CF_RAFT, applied_key(region.id), encode_u64(index))
+        self.engine.write(batch, sync=True)
+        with self.lock:
+            self.region = region
+        self.applied_index = index
+        self.snapshots_installed += 1
 
     # ------------------------------------------------------------ proposing
     def _group(self) -> RaftGroup:

@@ -60,7 +60,7 @@ class StoreConfig:
     # store id -> Raft address of every store (this one included).
     cluster: dict[int, str] = field(default_factory=dict)
     secret: str | None = None
-    raft: RaftConfig = field(default_factory=RaftConfig)
+    raft: RaftConfig = field(default_factory=lambda: RaftConfig(snapshot_entries=10_000))
     # Split a Region once it holds more than this many keys (0: never).
     split_threshold_keys: int = 0
     split_check_interval: float = 0.5
@@ -142,6 +142,7 @@ class Store:
             RaftLogStore(EngineLogStorage(self.engine)),
             config.raft_addr,
             secret=config.secret,
+            snap_dir=os.path.join(config.data_dir, "snap"),
             name=f"store{config.store_id}",
         )
         self.raft_addr = self.driver.raft_addr
