@@ -292,6 +292,17 @@ class RaftGroup:
         return [None if c == BARRIER else next(it) for c in commands]
 
     # ------------------------------------------------------------ snapshots
+    def compact_now(self, timeout: float = 10.0) -> None:
+        """Snapshot the state machine and truncate the log up to the last
+        applied entry. A replica joining afterwards must then start from the
+        snapshot, not from a log replay under state it never had."""
+        before = self.snapshots_written
+        self._driver.call(self.obj.forceLogCompaction)
+        deadline = time.monotonic() + timeout
+        while self.snapshots_written == before:
+            if time.monotonic() > deadline:
+                raise ProposalError("log compaction did not happen in time", unknown=False)
+            self._driver.wait_loop()
     # File: u32 length + pickled pysyncobj metadata (last two entries and the
     # membership), then the state machine's own bytes. It only ever travels
     # between replicas over the authenticated Raft links.

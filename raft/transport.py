@@ -257,6 +257,7 @@ class MuxTransport(Transport):  # type: ignore[misc]
 
     def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:
         super().__init__(syncObj, selfNode, otherNodes)
+        self._obj = syncObj
         self._self = selfNode
         self._nodes: dict[str, Any] = {n.id: n for n in otherNodes}
         self._learners: dict[str, Any] = {}
@@ -278,6 +279,12 @@ class MuxTransport(Transport):  # type: ignore[misc]
         self.tryGetReady()
 
     def addNode(self, node: Any) -> None:
+        if self._learners.pop(node.id, None) is not None:
+            # A learner promoted to voter: pysyncobj must stop treating it as a
+            # read-only node, but without the read-only disconnect callback,
+            # which would also drop the progress it has just set up for the
+            # voter (the two are the same node to it).
+            self._obj._SyncObj__readonlyNodes.discard(node)
         self._nodes[node.id] = node
         if self.hub.link_ready(node.id):
             self.on_link_up(node.id)

@@ -316,3 +316,75 @@ def test_whole_cluster_restart_after_compaction_keeps_everything(tmp_path: Path)
     finally:
         for s in stores:
             s.close()
+
+
+def test_add_learner_promote_transfer_leader_and_remove_a_replica(tmp_path: Path) -> None:
+    stores = make_stores(tmp_path)
+    try:
+        for i in range(30):
+            k = b"m%02d" % i
+            routed(stores, codec.raw_key(k), lambda h, k=k: h.rawstore.raw_put(k, b"1"))
+        new = Store(StoreConfig(store_id=4, data_dir=str(tmp_path / "s4"), bootstrap=False))
+        cluster = {s.store_id: s.raft_addr for s in [*stores, new]}
+        new.start(cluster)
+        for s in stores:
+            s.add_store(4, new.raft_addr)
+        stores.append(new)
+
+        lstore, _ = leader(stores, 1)
+        region = lstore.add_learner(1, 4)
+        assert region.epoch.conf_ver == 2
+        assert any(p.store_id == 4 and p.is_learner for p in region.peers)
+        new.create_peer(region)
+        wait_for(lambda: new.rawstores[1].raw_get(b"m29") == b"1", what="learner caught up")
+        assert new.peers[1].group is not None and new.peers[1].group.is_learner
+
+        lstore, _ = leader(stores, 1)
+        region = lstore.promote_learner(1, 4)
+        assert all(not p.is_learner for p in region.peers) and len(region.peers) == 4
+        wait_for(
+            lambda: new.peers[1].group is not None and not new.peers[1].group.is_learner,
+            what="the promoted replica runs as a voter",
+        )
+        lstore, _ = leader(stores, 1)
+        routed(
+            stores,
+            codec.raw_key(b"after-promote"),
+            lambda h: h.rawstore.raw_put(b"after-promote", b"2"),
+        )
+
+        def caught_up() -> bool:
+            g = lstore.peers[1].group
+            return g is not None and new.peers[1].applied_index == lstore.peers[1].applied_index
+
+        wait_for(caught_up, what="new voter caught up")
+        # A transfer is best effort in Raft (the target campaigns; another
+        # replica may still win that election): ask again until it lands.
+        for _ in range(10):
+            lstore, _h = leader(stores, 1)
+            if lstore is new:
+                break
+            wait_for(caught_up, what="new voter caught up")
+            lstore.transfer_leader(1, 4)
+            try:
+                wait_for(new.peers[1].is_leader, timeout=3, what="leadership on 4")
+                break
+            except AssertionError:
+                continue
+        assert new.peers[1].is_leader()
+
+        removed = next(s for s in stores[:3])
+        region = new.remove_peer(1, removed.store_id)
+        assert region.epoch.conf_ver == 4
+        assert all(p.store_id != removed.store_id for p in region.peers)
+        wait_for(lambda: 1 not in removed.peers, what="removed replica destroyed")
+        routed(
+            stores,
+            codec.raw_key(b"after-remove"),
+            lambda h: h.rawstore.raw_put(b"after-remove", b"3"),
+        )
+        assert new.rawstores[1].raw_get(b"after-remove") == b"3"
+        assert removed.engine.get("default", codec.raw_key(b"m00")) is None  # data dropped there
+    finally:
+        for s in stores:
+            s.close()

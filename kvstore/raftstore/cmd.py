@@ -22,12 +22,18 @@ from kvstore.types import RegionEpoch
 
 WRITE = 1
 SPLIT = 2
+CHANGE_PEER = 3
+
+ADD_LEARNER = 0
+PROMOTE_LEARNER = 1
+REMOVE_PEER = 2
 
 _HEAD = struct.Struct(">QQQB")  # region id, conf_ver, version, kind
 _OP = struct.Struct(">BBII")  # op, cf index, key length, value length (0xFFFFFFFF: none)
 _NONE = 0xFFFFFFFF
 _CF_INDEX = {cf: i for i, cf in enumerate(ALL_CFS)}
 _SPLIT = struct.Struct(">QI")  # new region id, split key length
+_CHANGE = struct.Struct(">BQQ")  # change type, peer id, store id
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +44,23 @@ class SplitRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class ChangePeer:
+    """``ADD_LEARNER`` a new replica (it catches up without voting),
+    ``PROMOTE_LEARNER`` it to a voter, or ``REMOVE_PEER``."""
+
+    change: int
+    peer_id: int
+    store_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class RaftCmd:
     region_id: int
     epoch: RegionEpoch
     kind: int
     batch: WriteBatch | None = None
     split: SplitRequest | None = None
+    change: ChangePeer | None = None
 
 
 def encode_write(region_id: int, epoch: RegionEpoch, batch: WriteBatch) -> bytes:
@@ -61,6 +78,11 @@ def encode_split(region_id: int, epoch: RegionEpoch, req: SplitRequest) -> bytes
     head = _HEAD.pack(region_id, epoch.conf_ver, epoch.version, SPLIT)
     ids = struct.pack(f">I{len(req.new_peer_ids)}Q", len(req.new_peer_ids), *req.new_peer_ids)
     return head + _SPLIT.pack(req.new_region_id, len(req.split_key)) + req.split_key + ids
+
+
+def encode_change_peer(region_id: int, epoch: RegionEpoch, c: ChangePeer) -> bytes:
+    head = _HEAD.pack(region_id, epoch.conf_ver, epoch.version, CHANGE_PEER)
+    return head + _CHANGE.pack(c.change, c.peer_id, c.store_id)
 
 
 def decode(data: bytes) -> RaftCmd:
@@ -90,6 +112,9 @@ def decode(data: bytes) -> RaftCmd:
             (count,) = struct.unpack_from(">I", data, pos)
             peers = struct.unpack_from(f">{count}Q", data, pos + 4)
             return RaftCmd(region_id, epoch, kind, split=SplitRequest(key, new_id, peers))
+        if kind == CHANGE_PEER:
+            change, peer_id, store_id = _CHANGE.unpack_from(data, pos)
+            return RaftCmd(region_id, epoch, kind, change=ChangePeer(change, peer_id, store_id))
     except (struct.error, IndexError) as e:
         raise InvalidArgumentError(f"malformed raft command: {e}") from None
     raise InvalidArgumentError(f"unknown raft command kind {kind}")

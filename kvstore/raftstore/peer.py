@@ -61,11 +61,13 @@ class Peer:
         store_id: int,
         engine: Engine,
         on_split: Callable[[Region, Region], None],
+        on_change: Callable[[Region, raftcmd.ChangePeer], None] | None = None,
     ) -> None:
         self.region = region
         self.store_id = store_id
         self.engine = engine
         self._on_split = on_split
+        self._on_change = on_change
         self.applied_index = decode_u64(engine.get(CF_RAFT, applied_key(region.id)))
         self.group: RaftGroup | None = None  # set by the store once created
         self.snapshots_installed = 0
@@ -79,6 +81,11 @@ class Peer:
     def meta(self) -> PeerMeta:
         return next(p for p in self.region.peers if p.store_id == self.store_id)
 
+    def propose_change(self, change: raftcmd.ChangePeer) -> Region:
+        r = self.region
+        result: Region = self.propose(raftcmd.encode_change_peer(r.id, r.epoch, change))
+        return result
+
     # ------------------------------------------------------------ apply
     def apply(self, index: int, commands: list[bytes]) -> list[Any]:
         if index <= self.applied_index:
@@ -86,6 +93,7 @@ class Peer:
         batch = WriteBatch()
         results: list[Any] = []
         splits: list[tuple[Region, Region]] = []
+        changes: list[tuple[Region, raftcmd.ChangePeer]] = []
         for data in commands:
             c = raftcmd.decode(data)
             region = self.region
@@ -111,11 +119,25 @@ class Peer:
                     self.region = left
                 splits.append((left, right))
                 results.append((left, right))
+            elif c.kind == raftcmd.CHANGE_PEER:
+                assert c.change is not None
+                changed = _change_peers(region, c.change)
+                if changed is None:
+                    results.append(region)  # already done: idempotent
+                    continue
+                batch.put(CF_RAFT, meta_key(changed.id), encode_region(changed))
+                with self.lock:
+                    self.region = changed
+                changes.append((changed, c.change))
+                results.append(changed)
         batch.put(CF_RAFT, applied_key(self.region.id), encode_u64(index))
         self.engine.write(batch)
         self.applied_index = index
         for left, right in splits:
             self._on_split(left, right)
+        if self._on_change is not None:
+            for changed, change in changes:
+                self._on_change(changed, change)
         return results
 
     def _key_outside(self, batch: WriteBatch) -> bytes | None:
@@ -141,6 +163,10 @@ class Peer:
         )
         right = Region(req.new_region_id, req.split_key, region.end_key, epoch, peers)
         return left, right
+
+    @property
+    def is_member(self) -> bool:
+        return any(p.store_id == self.store_id for p in self.region.peers)
 
     # ------------------------------------------------------------ snapshots
     # Format: u32 + JSON header {region, applied_index}, then records
@@ -225,3 +251,26 @@ class Peer:
 
     def is_leader(self) -> bool:
         return self.group is not None and self.group.is_ready_leader()
+
+
+def _change_peers(region: Region, c: raftcmd.ChangePeer) -> Region | None:
+    """The Region after a membership change (conf_ver bumped), or None if the
+    change is already in effect."""
+    peers = list(region.peers)
+    existing = next((p for p in peers if p.store_id == c.store_id), None)
+    if c.change == raftcmd.ADD_LEARNER:
+        if existing is not None:
+            return None
+        peers.append(PeerMeta(c.peer_id, c.store_id, is_learner=True))
+    elif c.change == raftcmd.PROMOTE_LEARNER:
+        if existing is None or not existing.is_learner:
+            return None
+        peers = [PeerMeta(p.id, p.store_id) if p is existing else p for p in peers]
+    elif c.change == raftcmd.REMOVE_PEER:
+        if existing is None:
+            return None
+        peers.remove(existing)
+    else:
+        return None
+    epoch = RegionEpoch(region.epoch.conf_ver + 1, region.epoch.version)
+    return Region(region.id, region.start_key, region.end_key, epoch, tuple(peers))

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from kvstore import codec
 from kvstore.errors import (
     EpochNotMatchError,
+    InvalidArgumentError,
     KeyNotInRegionError,
     NotLeaderError,
     RegionNotFoundError,
@@ -33,6 +34,7 @@ from kvstore.raftstore import cmd as raftcmd
 from kvstore.raftstore.meta import (
     ID_ALLOC_KEY,
     REGION_PREFIX,
+    applied_key,
     decode_region,
     decode_u64,
     encode_region,
@@ -41,7 +43,7 @@ from kvstore.raftstore.meta import (
 )
 from kvstore.raftstore.peer import Peer
 from kvstore.rawkv import RawStore
-from kvstore.storage import CF_DEFAULT, CF_RAFT, CF_WRITE, RocksEngine, WriteBatch
+from kvstore.storage import CF_DEFAULT, CF_RAFT, CF_WRITE, DATA_CFS, RocksEngine, WriteBatch
 from kvstore.txn import Latches, TxnScheduler
 from kvstore.types import Peer as PeerMeta
 from kvstore.types import Region, RegionEpoch
@@ -191,7 +193,7 @@ class Store:
         return region
 
     def _start_peer(self, region: Region) -> Peer:
-        peer = Peer(region, self.store_id, self.engine, self._on_split)
+        peer = Peer(region, self.store_id, self.engine, self._on_split, self._on_change)
         me = peer.meta
         voters = [self.cluster[p.store_id] for p in region.peers if not p.is_learner]
 
@@ -212,6 +214,96 @@ class Store:
             region.id, voters, peer, self.config.raft, learner=me.is_learner
         )
         return peer
+
+    # ------------------------------------------------------------ membership
+    def add_store(self, store_id: int, raft_addr: str) -> None:
+        """Learn a store that joined the cluster."""
+        self.cluster[store_id] = raft_addr
+
+    def create_peer(self, region: Region) -> None:
+        """Host a new replica of ``region``, whose peers already name this
+        store (as a learner: it catches up before it may vote). Called on the
+        target store by whoever drives the change (an operator, PD)."""
+        if region.id in self.peers:
+            return
+        b = WriteBatch()
+        b.put(CF_RAFT, meta_key(region.id), encode_region(region))
+        self.engine.write(b, sync=True)
+        self._start_peer(region)
+
+    def add_learner(self, region_id: int, store_id: int) -> Region:
+        """Leader: add a learner replica on ``store_id``; the target store
+        must then :meth:`create_peer` the returned Region."""
+        h = self.region(region_id, None)
+        change = raftcmd.ChangePeer(raftcmd.ADD_LEARNER, self.alloc_id(), store_id)
+        region = h.peer.propose_change(change)
+        # The new replica must start from a snapshot taken after this change:
+        # replaying the log from the start under the new Region epoch would
+        # reject (and so skip) every older command.
+        assert h.peer.group is not None
+        h.peer.group.compact_now()
+        return region
+
+    def promote_learner(self, region_id: int, store_id: int) -> Region:
+        """Leader: make a caught-up learner a voter."""
+        h = self.region(region_id, None)
+        region = h.peer.propose_change(raftcmd.ChangePeer(raftcmd.PROMOTE_LEARNER, 0, store_id))
+        assert h.peer.group is not None
+        h.peer.group.add_member(self.cluster[store_id])
+        return region
+
+    def remove_peer(self, region_id: int, store_id: int) -> Region:
+        """Leader: remove the replica on ``store_id`` (not the leader's own:
+        transfer leadership first)."""
+        if store_id == self.store_id:
+            raise InvalidArgumentError("the leader cannot remove itself; transfer leadership first")
+        h = self.region(region_id, None)
+        was_voter = any(p.store_id == store_id and not p.is_learner for p in h.region.peers)
+        region = h.peer.propose_change(raftcmd.ChangePeer(raftcmd.REMOVE_PEER, 0, store_id))
+        if was_voter:
+            assert h.peer.group is not None
+            h.peer.group.remove_member(self.cluster[store_id])
+        return region
+
+    def transfer_leader(self, region_id: int, store_id: int) -> None:
+        h = self.region(region_id, None)
+        assert h.peer.group is not None
+        h.peer.group.transfer_leader(self.cluster[store_id])
+
+    def _on_change(self, region: Region, change: raftcmd.ChangePeer) -> None:
+        # Driver thread, right after the change is applied on this replica.
+        if change.store_id != self.store_id:
+            return
+        if change.change == raftcmd.PROMOTE_LEARNER:
+            # Re-create our group as a voter (the log is kept in the store).
+            self.driver.defer(lambda: self._restart_group(region))
+        elif change.change == raftcmd.REMOVE_PEER:
+            self.driver.defer(lambda: self._destroy_peer(region))
+
+    def _restart_group(self, region: Region) -> None:
+        peer = self.peers[region.id]
+        self.driver.remove_group(region.id)
+        self.driver.log_store.flush()
+        voters = [self.cluster[p.store_id] for p in region.peers if not p.is_learner]
+        peer.group = self.driver.add_group(region.id, voters, peer, self.config.raft)
+
+    def _destroy_peer(self, region: Region) -> None:
+        """This store no longer replicates ``region``: drop its group, log and
+        data here."""
+        with self._peers_lock:
+            peer = self.peers.pop(region.id, None)
+            self.schedulers.pop(region.id, None)
+            self.rawstores.pop(region.id, None)
+        if peer is None:
+            return
+        self.driver.remove_group(region.id, drop_log=True)
+        b = WriteBatch()
+        end = region.end_key or b"\xff"
+        for cf in DATA_CFS:
+            b.delete_range(cf, region.start_key, end)
+        b.delete(CF_RAFT, meta_key(region.id))
+        b.delete(CF_RAFT, applied_key(region.id))
+        self.engine.write(b, sync=True)
 
     def _on_split(self, left: Region, right: Region) -> None:
         # Driver thread, right after the split entry is applied here.
