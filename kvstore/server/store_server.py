@@ -43,9 +43,19 @@ DEBUG_SERVICE = "htapkv.debugpb.Debug"
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
+    """Replace ``path`` with ``data``, durably: a power loss leaves either
+    the old file or the new one, never an empty one."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data))
+    with open(tmp, "w") as f:
+        f.write(json.dumps(data))
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class DebugService:
