@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
+import pysyncobj.serializer as _serializer
 from pysyncobj import FAIL_REASON, SyncObj, replicated
 
 from raft.config import RaftConfig
@@ -33,6 +34,28 @@ if TYPE_CHECKING:
     from raft.driver import RaftDriver
 
 BARRIER = b""  # an empty command: applied as a no-op, proves leadership
+
+
+def _durable_replace(src: str, dst: str) -> bool:
+    """pysyncobj renames snapshot files into place without fsync: a follower
+    that installed a received snapshot (and truncated its log) came back from
+    a power loss with an empty file and could never apply again (found by
+    tests/test_power_loss.py). Sync the file, rename, sync the directory."""
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(src, dst)
+    d = os.open(os.path.dirname(os.path.abspath(dst)), os.O_RDONLY)
+    try:
+        os.fsync(d)
+    finally:
+        os.close(d)
+    return True
+
+
+_serializer.atomicReplace = _durable_replace  # the module-level seam the Serializer uses
 
 
 class ProposalError(Exception):
@@ -303,6 +326,7 @@ class RaftGroup:
             if time.monotonic() > deadline:
                 raise ProposalError("log compaction did not happen in time", unknown=False)
             self._driver.wait_loop()
+
     # File: u32 length + pickled pysyncobj metadata (last two entries and the
     # membership), then the state machine's own bytes. It only ever travels
     # between replicas over the authenticated Raft links.

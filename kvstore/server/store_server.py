@@ -36,6 +36,7 @@ from kvstore.raftstore import Store, StoreConfig
 from kvstore.server.kv_service import serve
 from kvstore.server.region_handler import RegionKvHandler
 from kvstore.storage import DATA_CFS
+from raft import RaftConfig
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--secret", default=os.environ.get("HTAPKV_CLUSTER_SECRET"))
     p.add_argument("--split-keys", type=int, default=0, help="split Regions above N keys")
     p.add_argument(
+        "--snapshot-entries",
+        type=int,
+        default=10_000,
+        help="compact a Region's Raft log into a snapshot past N entries",
+    )
+    p.add_argument(
         "--raft-dial-file",
         help="JSON: peer Raft address -> address to dial instead (fault-test proxies)",
     )
@@ -145,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
             raft_addr=raft_addr,
             secret=args.secret,
             split_threshold_keys=args.split_keys,
+            raft=RaftConfig(snapshot_entries=args.snapshot_entries),
         )
     )
     kv_addrs: dict[int, str] = {}
