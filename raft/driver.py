@@ -33,6 +33,29 @@ from raft.transport import StoreTransportHub
 log = logging.getLogger(__name__)
 
 _construct_lock = threading.Lock()  # the createPoller/createJournal patch is process-wide
+
+# This driver wakes itself when a proposal is queued and drains proposals into
+# pysyncobj from its own thread, so pysyncobj's per-object wake-up pipe is
+# never needed (and would need a poller of its own).
+_syncobj.PIPE_NOTIFIER_ENABLED = False
+
+
+class _NoPoller:
+    """What each group gets as "its" poller. pysyncobj ends every tick with a
+    poll of it; the shared poller is polled once per loop by the driver
+    instead (an idle tick costs ~40 µs instead of 60-200 µs)."""
+
+    def subscribe(self, descr: int, callback: Any, event_mask: int) -> None:
+        raise RuntimeError("raft groups own no sockets: the hub does")
+
+    def unsubscribe(self, descr: int) -> None:
+        pass
+
+    def poll(self, timeout: float) -> None:
+        pass
+
+
+_NO_POLLER = _NoPoller()
 _encryptors: dict[str, Any] = {}
 
 
@@ -108,7 +131,7 @@ class RaftDriver:
             journal = self.log_store.journal(group_id)
             with _construct_lock:
                 saved = (_syncobj.createPoller, _syncobj.createJournal)
-                _syncobj.createPoller = lambda _t: self._poller
+                _syncobj.createPoller = lambda _t: _NO_POLLER
                 _syncobj.createJournal = lambda _f: journal
                 try:
                     g = RaftGroup(self, group_id, self_addr, voters, state_machine, journal, config)

@@ -210,6 +210,10 @@ class RaftGroup:
         conf = config.sync_obj_conf(**extra)
         others = [p for p in peers if p != self_addr]
         self.obj = _Replica(self, self_addr, others, conf, transport_class(driver.hub, group_id))
+        # A group created while the store's links are already up (after a
+        # split) must learn at once that its peers are reachable: pysyncobj
+        # only asks its transport while it is not ready, and ours already is.
+        self.obj._SyncObj__transport.tryGetReady()
 
     # ------------------------------------------------------------ status
     @property

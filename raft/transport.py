@@ -40,6 +40,15 @@ RECONNECT_INTERVAL = 0.2
 _HELLO, _MSG, _LEARNER = 0, 1, 2
 
 
+def _never_idle_out(conn: TcpConnection) -> None:
+    """pysyncobj closes a connection that has *read* nothing for its timeout.
+    Our links are one-way (an outgoing link only sends, an incoming one only
+    reads, and between two followers nothing flows for long), so that timeout
+    tore every link down every few seconds. A dead peer is still noticed: a
+    send to it fails, and Raft's own timers handle silence."""
+    conn._TcpConnection__timeout = float("inf")
+
+
 class _Link:
     """Our outgoing connection to one remote store."""
 
@@ -156,6 +165,7 @@ class StoreTransportHub:
             recvBufferSize=self.buffer_size,
         )
         conn.encryptor = self.encryptor
+        _never_idle_out(conn)
         conn.setOnConnectedCallback(functools.partial(self._on_dialled, link, conn))
         conn.setOnDisconnectedCallback(functools.partial(self._on_link_down, link, conn))
         link.conn, link.ready = conn, False
@@ -208,6 +218,7 @@ class StoreTransportHub:
     # ------------------------------------------------------------ incoming
     def _on_incoming(self, conn: TcpConnection) -> None:
         conn.encryptor = self.encryptor
+        _never_idle_out(conn)
         self._incoming.add(conn)
         state: dict[str, Any] = {"peer": None}
         conn.setOnMessageReceivedCallback(functools.partial(self._on_incoming_msg, conn, state))
