@@ -41,6 +41,7 @@ lint: proto
 
 bench-smoke: $(STAMP)
 	$(BIN)/htapkv bench storage --quick --output bench-results/smoke
+	$(BIN)/htapkv bench raft --quick --output bench-results/smoke
 
 clean:
 	rm -rf $(VENV) bench-results .pytest_cache .mypy_cache .ruff_cache .hypothesis

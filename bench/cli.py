@@ -9,6 +9,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("bench", help="run a benchmark beside its baseline")
     workloads = p.add_subparsers(dest="workload", metavar="WORKLOAD")
     workloads.required = True
-    from bench import storage
+    from bench import raft, storage
 
     storage.register(workloads)
+    raft.register(workloads)
