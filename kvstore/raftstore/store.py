@@ -94,18 +94,27 @@ class EngineLogStorage:
 
 class PeerSink:
     """Where a Region's commands write: a proposal to its Raft group. The
-    call returns once the batch is applied on this (leader) replica."""
+    call returns once the batch is applied on this (leader) replica.
+
+    A proposal carries the epoch the *request* was routed with (set per
+    thread by :class:`RegionHandle`), so a split applied while the command
+    ran makes apply reject it instead of acting on a narrower Region than the
+    client asked for."""
 
     def __init__(self, peer: Peer, engine: RocksEngine) -> None:
         self.peer = peer
         self.engine = engine
+        self._request = threading.local()
+
+    def use_epoch(self, epoch: RegionEpoch) -> None:
+        self._request.epoch = epoch
 
     def get(self, cf: str, key: bytes) -> bytes | None:
         return self.engine.get(cf, key)
 
     def write(self, batch: WriteBatch, *, sync: bool = False) -> None:
         # ``sync`` is moot: the Raft log is fsync'd before the entry commits.
-        self.peer.propose_write(batch)
+        self.peer.propose_write(batch, getattr(self._request, "epoch", None))
 
 
 class RegionHandle:
@@ -117,6 +126,14 @@ class RegionHandle:
         self.region = peer.region
         self.scheduler = store.schedulers[peer.region_id]
         self.rawstore = store.rawstores[peer.region_id]
+        store.sinks[peer.region_id].use_epoch(self.region.epoch)
+
+    def check_epoch_unchanged(self) -> None:
+        """Raise EpochNotMatch if the Region split (or changed) since this
+        request was routed."""
+        current = self.peer.region
+        if current.epoch.version != self.region.epoch.version:
+            raise EpochNotMatchError(current.id, self.store.regions_overlapping(self.region))
 
     def check_txn_keys(self, keys: Sequence[bytes]) -> None:
         self._check([codec.txn_key(k) for k in keys if isinstance(k, bytes)])
@@ -153,6 +170,7 @@ class Store:
         self.peers: dict[int, Peer] = {}
         self.schedulers: dict[int, TxnScheduler] = {}
         self.rawstores: dict[int, RawStore] = {}
+        self.sinks: dict[int, PeerSink] = {}
         self._peers_lock = threading.Lock()
         self._id_lock = threading.Lock()
         self._stop = threading.Event()
@@ -204,6 +222,7 @@ class Store:
         sink = PeerSink(peer, self.engine)
         with self._peers_lock:
             self.peers[region.id] = peer
+            self.sinks[region.id] = sink
             self.schedulers[region.id] = TxnScheduler(
                 self.engine, sink, latches=self.latches, bounds=bounds
             )
@@ -294,6 +313,7 @@ class Store:
             peer = self.peers.pop(region.id, None)
             self.schedulers.pop(region.id, None)
             self.rawstores.pop(region.id, None)
+            self.sinks.pop(region.id, None)
         if peer is None:
             return
         self.driver.remove_group(region.id, drop_log=True)

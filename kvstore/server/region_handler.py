@@ -32,6 +32,10 @@ class RegionKvHandler:
         h = self._route(ctx)
         h.check_txn_keys(txn_keys)
         h.read_barrier()
+        # A split ordered before the barrier is applied while we wait for it:
+        # answering from the now smaller Region would silently drop the rest
+        # of a range the client believes this Region covers.
+        h.check_epoch_unchanged()
         return h
 
     def _start_in_region(self, h: RegionHandle, encoded_start: bytes) -> None:
@@ -66,7 +70,9 @@ class RegionKvHandler:
         h = self._read(ctx)
         if isinstance(start, bytes):
             self._start_in_region(h, codec.txn_key(start))
-        return h.scheduler.kv_scan(start, end, version, limit, bypass_locks)
+        rows = h.scheduler.kv_scan(start, end, version, limit, bypass_locks)
+        h.check_epoch_unchanged()
+        return rows
 
     # ---------------------------------------------------------------- txn writes
     def kv_prewrite(
@@ -150,6 +156,7 @@ class RegionKvHandler:
         h.check_raw_keys(list(keys))
         if read:
             h.read_barrier()
+            h.check_epoch_unchanged()
         return h
 
     def raw_get(self, ctx: RequestContext, key: bytes) -> bytes | None:
@@ -179,7 +186,9 @@ class RegionKvHandler:
         h = self._raw(ctx, [], read=True)
         if isinstance(start, bytes):
             self._start_in_region(h, codec.raw_key(start))
-        return h.rawstore.raw_scan(start, end, limit)
+        rows = h.rawstore.raw_scan(start, end, limit)
+        h.check_epoch_unchanged()
+        return rows
 
     def raw_delete_range(self, ctx: RequestContext, start: bytes, end: bytes | None) -> None:
         h = self._raw(ctx, [], read=False)

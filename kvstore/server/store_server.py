@@ -179,7 +179,10 @@ def main(argv: list[str] | None = None) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    # A bounded wait: an untimed one can miss a signal that arrives while the
+    # process is stopped (SIGSTOP) and never exit.
+    while not stop.wait(0.5):
+        pass
     bound.stop(grace=1.0)
     store.close()
 

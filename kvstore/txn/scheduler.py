@@ -110,11 +110,16 @@ class TxnScheduler:
 
     @property
     def gc_safe_point(self) -> int:
+        # Read from the engine, not only remembered: with replication, the
+        # safe point arrives through the log on every replica, and a new
+        # leader must enforce what the old one published.
+        raw = self._sink.get(CF_RAFT, GC_SAFE_POINT_KEY)
+        self._safe_point = max(self._safe_point, int(raw) if raw else 0)
         return self._safe_point
 
     def _check_read_ts(self, ts: int) -> None:
         _check_ts("read timestamp", ts)
-        if ts < self._safe_point:
+        if ts < self.gc_safe_point:
             raise GcTooEarlyError(f"timestamp {ts} is below the GC safe point {self._safe_point}")
 
     def _write(self, txn: MvccTxn, *, decisive: bool) -> None:
