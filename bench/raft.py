@@ -52,6 +52,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.report import fmt, load_average, positive_float
+
 if TYPE_CHECKING:
     from rich.progress import Progress
 
@@ -96,7 +98,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--duration",
-        type=_positive_float,
+        type=positive_float,
         help=f"measured seconds per configuration (default {DEFAULT_DURATION:g}, "
         f"{QUICK_DURATION:g} with --quick), after a short warm-up",
     )
@@ -133,16 +135,6 @@ def register(sub: Any) -> None:
         f"{QUICK_DURATION:g} s each (a smoke test)",
     )
     p.set_defaults(func=run)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not x > 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text}")
-    return x
 
 
 def _int_list(maximum: int) -> Callable[[str], list[int]]:
@@ -685,10 +677,6 @@ def _bench_cluster(
 
 
 # ---------------------------------------------------------------- reporting
-def _fmt(x: float | None, spec: str = ",.0f") -> str:
-    return "-" if x is None else format(x, spec)
-
-
 HEADERS = (
     "system",
     "Regions",
@@ -727,14 +715,14 @@ def _rows(results: Sequence[Result]) -> list[list[str]]:
             "-" if r.regions is None else str(r.regions),
             str(r.inflight),
             f"{r.ops:,}",
-            _fmt(r.ops_per_s),
-            _fmt(r.latency_us.get("p50"), ",.1f"),
-            _fmt(r.latency_us.get("p99"), ",.1f"),
-            _fmt(r.writes_per_entry, ",.1f"),
-            _fmt(r.writes_per_fsync, ",.1f"),
+            fmt(r.ops_per_s),
+            fmt(r.latency_us.get("p50"), ",.1f"),
+            fmt(r.latency_us.get("p99"), ",.1f"),
+            fmt(r.writes_per_entry, ",.1f"),
+            fmt(r.writes_per_fsync, ",.1f"),
             _cores(r.rate(r.cpu_leader_s)),
             _cores(r.rate(r.cpu_followers_s)),
-            _fmt(r.throughput_vs_baseline, ".2f")
+            fmt(r.throughput_vs_baseline, ".2f")
             + ("x" if r.throughput_vs_baseline is not None else ""),
             _verdict(r),
         ]
@@ -861,13 +849,6 @@ def _print_table(
 
 
 # ---------------------------------------------------------------- run
-def _load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
 def _self_snapshot() -> Snapshot:
     return Snapshot(time.perf_counter_ns(), time.process_time(), 0.0, 0, 0)
 
@@ -899,7 +880,7 @@ def run(args: argparse.Namespace) -> int:
             f"the data is on {data_fs}: fsync costs nothing there, so neither the baseline nor "
             "the Raft log flushes reflect a disk (use --data-dir)"
         )
-    load_start = _load_average()
+    load_start = load_average()
     if load_start and load_start[0] > BUSY_LOAD_PER_CPU * (cpus or 1):
         warnings.append(
             f"the machine was busy at start (load average {load_start[0]:.2f} on {cpus} CPUs): "
@@ -1001,7 +982,7 @@ def run(args: argparse.Namespace) -> int:
             "data_fs": data_fs,
         },
         "machine": machine_info(),
-        "load_average": {"start": load_start, "end": _load_average()},
+        "load_average": {"start": load_start, "end": load_average()},
         "clusters": clusters,
         "target": target,
         "results": [r.to_json() for r in results],

@@ -7,6 +7,7 @@ exact command line) and a Markdown summary next to it.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -180,3 +181,38 @@ def write_results(
     json_path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     md_path.write_text(markdown if markdown.endswith("\n") else markdown + "\n", encoding="utf-8")
     return json_path, md_path
+
+
+# ------------------------------------------------------------ shared by workloads
+def positive_int(text: str) -> int:
+    """argparse type: an integer > 0."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {n}")
+    return n
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return x
+
+
+def fmt(x: float | None, spec: str = ",.0f") -> str:
+    """A table cell: ``-`` for a missing number."""
+    return "-" if x is None else format(x, spec)
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None

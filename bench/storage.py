@@ -56,6 +56,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from bench.report import fmt, load_average, positive_float, positive_int
+
 if TYPE_CHECKING:
     from rich.progress import Progress
 
@@ -95,24 +97,24 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--ops",
-        type=_positive_int,
+        type=positive_int,
         help=f"operations per phase (default {DEFAULT_OPS}, {QUICK_OPS} with --quick); "
         f"the rocksdict sync=off phases run {BASELINE_FACTOR}x this",
     )
     p.add_argument(
         "--sync-ops",
-        type=_positive_int,
+        type=positive_int,
         help=f"operations of phases that fsync every operation (default ops/{SYNC_DIVISOR})",
     )
     p.add_argument(
         "--duration",
-        type=_positive_float,
+        type=positive_float,
         help="stop each phase after this many seconds even if it has operations left",
     )
     p.add_argument("--seed", type=int, default=1, help="seed of keys and values (default 1)")
     p.add_argument(
         "--concurrency",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="threads issuing operations (default 1); they share one store",
     )
@@ -135,26 +137,6 @@ def register(sub: Any) -> None:
         help=f"tiny phases ({QUICK_OPS} ops): a smoke run of a few seconds",
     )
     p.set_defaults(func=run)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {n}")
-    return n
-
-
-def _positive_float(text: str) -> float:
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not x > 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text}")
-    return x
 
 
 # ---------------------------------------------------------------- results
@@ -550,10 +532,6 @@ def _bench_htapkv(b: _Bench, path: str, *, durable: bool, ops: int, write_ops: i
 
 
 # ---------------------------------------------------------------- reporting
-def _fmt(x: float | None, spec: str = ",.0f") -> str:
-    return "-" if x is None else format(x, spec)
-
-
 def _verdict(r: PhaseResult) -> str:
     met = r.target_met
     return "" if met is None else ("yes" if met else "NO")
@@ -579,12 +557,12 @@ def _rows(results: Sequence[PhaseResult]) -> list[list[str]]:
             r.system,
             r.operation,
             f"{r.ops:,}",
-            _fmt(r.ops_per_s),
-            _fmt(r.latency_us.get("p50"), ",.1f"),
-            _fmt(r.latency_us.get("p99"), ",.1f"),
+            fmt(r.ops_per_s),
+            fmt(r.latency_us.get("p50"), ",.1f"),
+            fmt(r.latency_us.get("p99"), ",.1f"),
             str(r.keys_written_per_op) if r.keys_written_per_op else "-",
-            _fmt(r.us_per_key, ",.2f"),
-            _fmt(r.ratio, ".2f") + ("x" if r.ratio is not None else ""),
+            fmt(r.us_per_key, ",.2f"),
+            fmt(r.ratio, ".2f") + ("x" if r.ratio is not None else ""),
             _verdict(r),
         ]
         for r in results
@@ -690,13 +668,6 @@ def _print_table(
 
 
 # ---------------------------------------------------------------- run
-def _load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -718,7 +689,7 @@ def run(args: argparse.Namespace) -> int:
             f"the databases are on {data_fs}: fsync costs nothing there, so the sync=on and "
             "durable=True rows do not reflect a disk (use --data-dir)"
         )
-    load_start = _load_average()
+    load_start = load_average()
     cpus = os.cpu_count() or 1
     if load_start and load_start[0] > BUSY_LOAD_PER_CPU * cpus:
         warnings.append(
@@ -783,7 +754,7 @@ def run(args: argparse.Namespace) -> int:
             "data_fs": data_fs,
         },
         "machine": machine_info(),
-        "load_average": {"start": load_start, "end": _load_average()},
+        "load_average": {"start": load_start, "end": load_average()},
         "target": target,
         "results": [r.to_json() for r in results],
         "warnings": warnings,
