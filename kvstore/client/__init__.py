@@ -7,7 +7,10 @@ it talks to a :class:`~kvstore.client.backend.KvBackend` and a
 embedded store (``kvstore.open``) or, later, over gRPC by a cluster.
 
 Key types: :class:`Client` (``raw``, ``begin``, ``transaction``, ``tso``,
-``close``), :class:`Transaction`, :class:`RawClient`.
+``close``), :class:`Transaction`, :class:`RawClient`. Backends:
+:mod:`kvstore.client.grpc_backend` (one store over gRPC, unary or
+``BatchCommands``) and :mod:`kvstore.client.routing` (a Region cache routing
+every call to the Region's leader, across splits and failovers).
 
 Invariants: a transaction's writes become visible all at once at its commit_ts
 or never; a conflicted transaction is never retried by replaying its writes
