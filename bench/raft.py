@@ -520,22 +520,11 @@ class Cluster:
 
     # ------------------------------------------------------------ leadership
     def _campaign(self, region_id: int) -> None:
-        """Make the local replica start an election now, as if the leader had
-        sent it Raft's TimeoutNow (what ``transfer_leader`` makes the leader
-        send). ``RaftGroup.transfer_leader`` must run on the leader, which is
-        another process here, so this reaches into pysyncobj's state in the
-        driver thread. It only ever speeds up an election."""
-        store = self.local
-        group = store.peers[region_id].group
-        if group is None:
-            return
-
-        def campaign() -> None:
-            if not group.obj._isLeader():
-                group.obj._SyncObj__raftElectionDeadline = 0
-                group.obj._SyncObj__transferInProgress = True
-
-        store.driver.call(campaign)
+        """Make the local replica start an election now (``transfer_leader``
+        must run on the leader, which is another process here)."""
+        group = self.local.peers[region_id].group
+        if group is not None:
+            group.campaign()
 
     def ensure_leader(self, timeout: float = LEADER_TIMEOUT) -> None:
         """Wait until the local store is the ready leader of every Region,

@@ -318,6 +318,19 @@ class RaftGroup:
         it = iter(results)
         return [None if c == BARRIER else next(it) for c in commands]
 
+    def campaign(self) -> None:
+        """Start an election from this replica now, as if the leader had sent
+        it Raft's TimeoutNow (what :meth:`transfer_leader` makes the leader
+        send). For an operator or a benchmark on a follower's side; it can
+        only hasten an election, the usual vote rules still decide it."""
+
+        def start() -> None:
+            if not self.is_learner and not self.obj._isLeader():
+                self.obj._SyncObj__raftElectionDeadline = 0
+                self.obj._SyncObj__transferInProgress = True
+
+        self._driver.call(start)
+
     # ------------------------------------------------------------ snapshots
     def compact_now(self, timeout: float = 10.0) -> None:
         """Snapshot the state machine and truncate the log up to the last

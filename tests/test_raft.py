@@ -282,3 +282,19 @@ def test_journal_keeps_its_tail_when_a_snapshot_load_clears_it(tmp_path: Path) -
         assert [e[1] for e in RaftLogStore(log).journal(5)] == [80, 81]
     finally:
         log.close()
+
+
+def test_a_follower_can_campaign_and_take_over(cluster: list[Node]) -> None:
+    leader = leader_of(cluster, 1)
+    follower = next(n.groups[1] for n in cluster if n.groups[1] is not leader)
+    propose(cluster, 1, b"before")
+    # An election is decided by votes, so ask until this follower wins one.
+    for _ in range(10):
+        follower.campaign()
+        try:
+            wait_for(follower.is_ready_leader, timeout=3, what="follower elected")
+            break
+        except AssertionError:
+            continue
+    assert follower.is_ready_leader()
+    assert follower.propose(b"after") is not None
