@@ -37,6 +37,11 @@ from pysyncobj.transport import Transport
 log = logging.getLogger(__name__)
 
 RECONNECT_INTERVAL = 0.2
+# A link whose unsent bytes pile up past this is dropped (and redialled):
+# with links that never idle out, a peer behind a silent partition would
+# otherwise make pysyncobj's write buffer grow without bound. Raft resends
+# whatever a dropped link lost.
+MAX_UNSENT_BYTES = 64 * 1024 * 1024
 _HELLO, _MSG, _LEARNER = 0, 1, 2
 
 
@@ -150,7 +155,11 @@ class StoreTransportHub:
         now = monotonic_time()
         for addr in self._wanted():
             link = self.links.setdefault(addr, _Link(addr))
-            if link.conn is not None and link.conn.state != CONNECTION_STATE.DISCONNECTED:
+            conn = link.conn
+            if conn is not None and conn.state != CONNECTION_STATE.DISCONNECTED:
+                if conn.getSendBufferSize() > MAX_UNSENT_BYTES:
+                    log.warning("raft link to %s is not draining; reconnecting", addr)
+                    conn.disconnect()
                 continue
             if now - link.last_attempt < RECONNECT_INTERVAL:
                 continue

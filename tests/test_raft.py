@@ -3,6 +3,8 @@ RocksDB logs; several 'stores' (drivers) in one process."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import pickle
 import socket
 import struct
@@ -298,3 +300,59 @@ def test_a_follower_can_campaign_and_take_over(cluster: list[Node]) -> None:
             continue
     assert follower.is_ready_leader()
     assert follower.propose(b"after") is not None
+
+
+def test_a_link_that_stops_draining_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer that accepts but never reads (a silent partition looks the
+    same) must not make our unsent buffer grow without bound."""
+    from pysyncobj.poller import createPoller
+
+    from raft import transport
+
+    monkeypatch.setattr(transport, "MAX_UNSENT_BYTES", 1 << 20)
+    sink = socket.socket()
+    sink.bind(("127.0.0.1", 0))
+    sink.listen(1)
+    sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    peer = f"127.0.0.1:{sink.getsockname()[1]}"
+    poller = createPoller("auto")
+    hub = transport.StoreTransportHub(poller, "127.0.0.1:0")
+    hub.bind()
+
+    class _Wants:
+        def remote_addrs(self) -> set[str]:
+            return {peer}
+
+        def on_link_up(self, addr: str) -> None:
+            pass
+
+        def on_link_down(self, addr: str) -> None:
+            pass
+
+    hub.groups[1] = _Wants()  # type: ignore[assignment]
+    accepted: list[socket.socket] = []
+    try:
+
+        def linked() -> bool:
+            hub.tick()
+            poller.poll(0.01)
+            if not accepted:
+                sink.settimeout(0.01)
+                with contextlib.suppress(TimeoutError):
+                    accepted.append(sink.accept()[0])
+            return hub.link_ready(peer)
+
+        wait_for(linked, what="link up")
+        conn = hub.links[peer].conn
+        payload = os.urandom(65536)  # incompressible: frames are zlib-compressed
+        for _ in range(64):  # ~4 MiB the peer never reads
+            hub.send(peer, 1, 1, payload)
+            poller.poll(0)
+        assert conn is not None and conn.getSendBufferSize() > (1 << 20)
+        hub.tick()
+        assert hub.links[peer].conn is not conn  # dropped, to be redialled
+    finally:
+        hub.close()
+        for s in accepted:
+            s.close()
+        sink.close()
