@@ -52,7 +52,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.report import fmt, load_average, positive_float
+from bench.report import fmt, load_average, notes_section, positive_float
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -806,11 +806,7 @@ def _markdown(data: dict[str, Any], results: Sequence[Result]) -> str:
         "",
         EXPLANATION,
     ]
-    notes = [f"- {r.id}: {n}" for r in results for n in r.notes] + [
-        f"- {n}" for n in data.get("warnings", [])
-    ]
-    if notes:
-        out += ["", "## Notes", "", *notes]
+    out += notes_section(results, data.get("warnings", []))
     return "\n".join(out) + "\n"
 
 

@@ -216,3 +216,11 @@ def load_average() -> list[float] | None:
         return [round(x, 2) for x in os.getloadavg()]
     except (AttributeError, OSError):
         return None
+
+
+def notes_section(results: Iterable[Any], warnings: Iterable[str]) -> list[str]:
+    """The Markdown "Notes" lines: each result's own notes (``r.id``,
+    ``r.notes``), then the run's warnings; empty when there are none."""
+    notes = [f"- {r.id}: {n}" for r in results for n in r.notes]
+    notes += [f"- {n}" for n in warnings]
+    return ["", "## Notes", "", *notes] if notes else []

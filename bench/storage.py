@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from bench.report import fmt, load_average, positive_float, positive_int
+from bench.report import fmt, load_average, notes_section, positive_float, positive_int
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -637,11 +637,7 @@ def _markdown(data: dict[str, Any], results: Sequence[PhaseResult]) -> str:
         "against `sync=on`; of the baseline's two runs (first and last), the faster is used. "
         "Latencies are per operation (a whole transaction for txn rows).",
     ]
-    notes = [f"- {r.id}: {n}" for r in results for n in r.notes] + [
-        f"- {n}" for n in data.get("warnings", [])
-    ]
-    if notes:
-        out += ["", "## Notes", "", *notes]
+    out += notes_section(results, data.get("warnings", []))
     return "\n".join(out) + "\n"
 
 

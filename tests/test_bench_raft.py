@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.bench_helpers import run_quick_bench
 
 EXPECTED_IDS = {
     # the fsync'd local write, one thread and as many threads as in flight
@@ -35,16 +33,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_bench_raft_quick_writes_results(tmp_path: Path) -> None:
-    out, data_dir = tmp_path / "results", tmp_path / "data"
-    cmd = [sys.executable, "-m", "kvstore.cli", "bench", "raft", "--quick"]
-    proc = subprocess.run(
-        [*cmd, "--output", str(out), "--data-dir", str(data_dir)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
+    proc, out, data_dir = run_quick_bench("raft", tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "htapkv bench raft" in proc.stdout  # the table, on stdout
 

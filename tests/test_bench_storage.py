@@ -5,11 +5,9 @@ with every measured operation in them. Performance is never asserted here
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.bench_helpers import run_quick_bench
 
 EXPECTED_IDS = {
     # the baselines
@@ -30,16 +28,7 @@ EXPECTED_IDS = {
 
 
 def test_bench_storage_quick_writes_results(tmp_path: Path) -> None:
-    out, data_dir = tmp_path / "results", tmp_path / "data"
-    cmd = [sys.executable, "-m", "kvstore.cli", "bench", "storage", "--quick"]
-    proc = subprocess.run(
-        [*cmd, "--output", str(out), "--data-dir", str(data_dir)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
+    proc, out, data_dir = run_quick_bench("storage", tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     json_files = list(out.glob("storage-*.json"))
