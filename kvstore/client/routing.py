@@ -70,6 +70,7 @@ from kvstore.errors import (
 from kvstore.proto import debugpb_pb2
 from kvstore.proto.convert import GcResult, RequestContext, region_from_pb
 from kvstore.proto.rpc import channel_options
+from kvstore.proto.tls import TlsConfig, make_channel
 from kvstore.types import (
     LockInfo,
     Mutation,
@@ -97,10 +98,11 @@ RECONNECT_OPTIONS: list[tuple[str, int]] = [
 _UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
-def new_channel(addr: str) -> grpc.Channel:
-    """A channel to a store, with the message limits of both ends and a short
-    reconnect backoff."""
-    return grpc.insecure_channel(addr, options=[*channel_options(), *RECONNECT_OPTIONS])
+def new_channel(addr: str, tls: TlsConfig | None = None) -> grpc.Channel:
+    """A channel to a store or PD node, with the message limits of both ends,
+    a short reconnect backoff, and mutual TLS if ``tls``. Every channel the
+    client opens is made here."""
+    return make_channel(addr, [*channel_options(), *RECONNECT_OPTIONS], tls)
 
 
 # --------------------------------------------------------------------------
@@ -139,8 +141,14 @@ class DebugRegionSource:
     seed address is enough."""
 
     def __init__(
-        self, store_addrs: Iterable[str], *, timeout: float = 1.0, straggler_wait: float = 0.1
+        self,
+        store_addrs: Iterable[str],
+        *,
+        timeout: float = 1.0,
+        straggler_wait: float = 0.1,
+        tls: TlsConfig | None = None,
     ) -> None:
+        self.tls = tls
         self.timeout = timeout
         self.straggler_wait = straggler_wait
         self._seeds = list(dict.fromkeys(store_addrs))
@@ -157,7 +165,7 @@ class DebugRegionSource:
                 raise ClosedError("region source is closed")
             ch = self._channels.get(addr)
             if ch is None:
-                ch = self._channels[addr] = new_channel(addr)
+                ch = self._channels[addr] = new_channel(addr, self.tls)
         call = ch.unary_unary(
             f"/{DEBUG_SERVICE}/GetRegions",
             request_serializer=debugpb_pb2.GetRegionsRequest.SerializeToString,
@@ -499,8 +507,10 @@ class RoutedKvBackend(KvBackend):
         rpc_timeout: float = DEFAULT_RPC_TIMEOUT_S,
         batching: bool = False,
         seed: int | None = None,
+        tls: TlsConfig | None = None,
     ) -> None:
-        self.source: RegionSource = source or DebugRegionSource(store_addrs)
+        self.tls = tls
+        self.source: RegionSource = source or DebugRegionSource(store_addrs, tls=tls)
         self.timeout = timeout
         self.rpc_timeout = rpc_timeout
         self.cache = RegionCache()
@@ -556,7 +566,7 @@ class RoutedKvBackend(KvBackend):
             if entry is not None:  # the store moved: drop the old channel
                 entry[2].close()
                 entry[1].close()
-            ch = new_channel(addr)
+            ch = new_channel(addr, self.tls)
             stub = GrpcKvBackend(
                 addr,
                 self._slot.get,

@@ -26,6 +26,9 @@ TSO_RESPONSE: type[pdpb_pb2.TsoResponse] = pdpb_pb2.TsoResponse
 # Big enough for a batch of maximal values (8 MiB each, kvstore.types), small
 # enough that a runaway scan is refused rather than buffered.
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Requests one client connection may have running on a server at once (its
+# BatchCommands streams included): a runaway client is refused, not queued.
+DEFAULT_MAX_IN_FLIGHT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +79,7 @@ def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[
 __all__ = [
     "BATCH_COMMANDS",
     "BY_BATCH_FIELD",
+    "DEFAULT_MAX_IN_FLIGHT",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "KV_METHODS",
     "KV_SERVICE",

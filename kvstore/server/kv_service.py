@@ -63,12 +63,14 @@ from kvstore.proto.convert import (
 from kvstore.proto.rpc import (
     BATCH_COMMANDS,
     BY_BATCH_FIELD,
+    DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MAX_MESSAGE_BYTES,
     KV_METHODS,
     KV_SERVICE,
     KvMethod,
     channel_options,
 )
+from kvstore.proto.tls import TlsConfig, add_port
 from kvstore.server.embedded import EmbeddedStore
 from kvstore.types import LockInfo, Mutation, TxnStatus
 
@@ -503,11 +505,19 @@ class KvService:
     """
 
     def __init__(
-        self, handler: KvHandler, *, batch_workers: int = 8, batch_chunk: int = 16
+        self,
+        handler: KvHandler,
+        *,
+        batch_workers: int = 8,
+        batch_chunk: int = 16,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
         if batch_chunk < 1:
             raise ValueError("batch_chunk must be at least 1")
         self.handler = handler
+        self.max_in_flight = max_in_flight
+        self._in_flight: dict[str, int] = {}  # client connection -> requests running
+        self._in_flight_mu = threading.Lock()
         self._batch_chunk = batch_chunk
         self._pool = ThreadPoolExecutor(batch_workers, thread_name_prefix="kv-batch")
 
@@ -529,6 +539,28 @@ class KvService:
         set_error(resp, InvalidArgumentError(f"malformed {method.name} request: {e}"))
         return resp
 
+    # ------------------------------------------------------------ limits
+    def _admit(self, peer: str, n: int) -> bool:
+        """Count ``n`` more requests in flight on connection ``peer``, unless
+        that would pass :attr:`max_in_flight`."""
+        with self._in_flight_mu:
+            cur = self._in_flight.get(peer, 0)
+            if cur + n > self.max_in_flight:
+                return False
+            self._in_flight[peer] = cur + n
+            return True
+
+    def _release(self, peer: str, n: int) -> None:
+        with self._in_flight_mu:
+            left = self._in_flight.get(peer, 0) - n
+            if left > 0:
+                self._in_flight[peer] = left
+            else:
+                self._in_flight.pop(peer, None)
+
+    def _too_many(self) -> str:
+        return f"more than {self.max_in_flight} requests in flight on this connection"
+
     # ------------------------------------------------------------ unary
     def _unary(self, method: KvMethod) -> Callable[[bytes, grpc.ServicerContext], bytes]:
         def handle(data: bytes, context: grpc.ServicerContext) -> bytes:
@@ -536,12 +568,17 @@ class KvService:
                 req = method.request.FromString(data)
             except DecodeError as e:
                 return self._malformed(method, e).SerializeToString()
+            peer = context.peer()
+            if not self._admit(peer, 1):
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._too_many())
             try:
                 resp = self.execute(method, req)
             except Exception as e:
                 log.exception("%s failed", method.name)
                 context.abort(grpc.StatusCode.INTERNAL, f"{method.name}: {type(e).__name__}: {e}")
                 raise  # not reached: abort raises
+            finally:
+                self._release(peer, 1)
             return resp.SerializeToString()
 
         return handle
@@ -602,6 +639,7 @@ class KvService:
         self, request_iterator: Iterator[bytes], context: grpc.ServicerContext
     ) -> Iterator[bytes]:
         out: queue.SimpleQueue[bytes | _Abort | None] = queue.SimpleQueue()
+        peer = context.peer()
         mu = threading.Lock()
         state = {"in_flight": 0, "reading": True}
 
@@ -631,7 +669,19 @@ class KvService:
                         return
                     with mu:
                         state["in_flight"] += 1
-                    self._start_batch(msg, done)
+                    n = len(msg.requests)
+                    if not self._admit(peer, n):
+                        # Refuse this message's requests, each with its own
+                        # status; the stream and the requests already
+                        # running carry on.
+                        refused = tikvpb_pb2.BatchCommandsResponse(request_ids=msg.request_ids)
+                        for _ in range(n):
+                            r = refused.responses.add()
+                            r.status.code = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+                            r.status.message = self._too_many()
+                        done(refused.SerializeToString())
+                        continue
+                    self._start_batch(msg, lambda reply, n=n: (self._release(peer, n), done(reply)))
             except Exception as e:  # the stream broke (cancelled, connection lost)
                 log.debug("BatchCommands stream ended: %s", e)
             finally:
@@ -686,14 +736,21 @@ def serve(
     max_workers: int = 16,
     batch_workers: int = 8,
     batch_chunk: int = 16,
+    tls: TlsConfig | None = None,
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
 ) -> BoundServer:
     """Start a gRPC server with the Kv service on ``handler`` (and PD's
     ``Tso`` if ``tso``, an object with ``get_ts(count)``, is given). Each
     unary call and each BatchCommands stream holds one of ``max_workers``
-    threads while it runs."""
+    threads while it runs. ``tls``: require mutual TLS. ``max_in_flight``:
+    requests one client connection may have running at once; more are
+    refused with RESOURCE_EXHAUSTED (each request of a BatchCommands message
+    gets that status; the stream carries on)."""
     from kvstore.server.pd_service import TsoService
 
-    service = KvService(handler, batch_workers=batch_workers, batch_chunk=batch_chunk)
+    service = KvService(
+        handler, batch_workers=batch_workers, batch_chunk=batch_chunk, max_in_flight=max_in_flight
+    )
     options: list[tuple[str, Any]] = [
         *channel_options(max_message_bytes),
         # Refuse a port another server already has, instead of sharing it.
@@ -703,7 +760,7 @@ def serve(
     server.add_generic_rpc_handlers((service.rpc_handler(),))
     if tso is not None:
         server.add_generic_rpc_handlers((TsoService(tso).rpc_handler(),))
-    port = server.add_insecure_port(addr)
+    port = add_port(server, addr, tls)
     if port == 0:
         raise OSError(f"cannot bind {addr}")
     server.start()
