@@ -34,6 +34,8 @@ c. **Leader balance**: if the leader's store leads more Regions than the
    ``leader_schedule_tolerance``, transfer leadership to the voter whose store
    leads the fewest.
 
+   Rules b and c wait while a learner on a normal store catches up.
+
 d. **One step at a time**: the caller keeps a :class:`PendingOperator` per
    Region and asks :func:`operator_progress` whether it finished (the epoch or
    the leader moved as intended), went stale, or timed out; while it is in
@@ -152,10 +154,19 @@ def schedule(
     cfg: ScheduleConfig,
 ) -> Operator | None:
     """The next step for the Region, or None (see the module docstring)."""
-    return (
-        replica_checker(rs, stores, now, cfg)
-        or columnar_checker(rs, stores, now, cfg)
-        or leader_balancer(rs, stores, now, cfg)
+    op = replica_checker(rs, stores, now, cfg)
+    if op is not None or _catching_up(rs, stores, now, cfg):
+        return op  # nothing else while a new replica catches up
+    return columnar_checker(rs, stores, now, cfg) or leader_balancer(rs, stores, now, cfg)
+
+
+def _catching_up(
+    rs: RegionStatus, stores: Mapping[int, StoreStatus], now: float, cfg: ScheduleConfig
+) -> bool:
+    """A learner on a normal store is being brought up to replace a voter."""
+    return any(
+        p.is_learner and p.id in rs.pending_peers and not _columnar(p, stores)
+        for p in rs.region.peers
     )
 
 
