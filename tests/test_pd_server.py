@@ -416,6 +416,22 @@ def test_three_pds_leader_killed_under_load(tmp_path: Path) -> None:
             assert pd.get_store(ids[0]) == store_pb(ids[0], 23000)
             members, leader = pd.members()
             assert leader is not None and len(members) == 3
+            # A follower answers NOT_LEADER and names the leader's address.
+            lead = c.wait_leader()
+
+            def redirected() -> bool:
+                for name in c.names:
+                    if name == lead:
+                        continue
+                    data = raw_call(c.client_addr(name), "GetMembers", b"")
+                    h = pdpb_pb2.GetMembersResponse.FromString(data).header
+                    if h.error.type != pdpb_pb2.NOT_LEADER:
+                        return False
+                    if h.leader.client_addr != c.client_addr(lead):
+                        return False
+                return True
+
+            c.wait_for(redirected, 30, "followers naming the leader")
             # Followers announced their client addresses to the leader.
             c.wait_for(
                 lambda: all(m.client_addr for m in pd.members()[0]), 30, "every member's address"

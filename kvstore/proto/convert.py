@@ -15,7 +15,10 @@ with hypothesis):
   errors as a message string in a kind of their own. An error class without a
   kind of its own travels as its nearest mapped base class (an unknown
   ``TxnError`` subclass arrives as ``TxnError``, anything else as ``KVError``).
-* PD: :class:`~kvstore.errors.KVError` <-> ``pdpb.Error``.
+* PD: :class:`~kvstore.errors.KVError` <-> ``pdpb.Error`` in a response
+  header (:func:`set_pd_error`/:func:`pd_header_error`: ``NOT_LEADER`` carries
+  the leader's address), ``StoreMeta`` <-> ``metapb.Store``, ``PdMember`` <->
+  ``pdpb.Member``.
 
 Decoding never trusts its input: a value that cannot be represented (an
 unknown enum number, an out-of-range integer) raises
