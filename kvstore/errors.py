@@ -169,6 +169,61 @@ class TsoError(KVError):
 
 
 # --------------------------------------------------------------------------
+# Placement driver (PD) errors: what a PD request can end with besides the
+# caller's mistakes. Region routing errors are a separate branch below.
+# --------------------------------------------------------------------------
+
+
+class PdError(KVError):
+    """The placement driver refused a request or could not answer it."""
+
+
+@dataclass(eq=False)
+class PdNotLeaderError(PdError):
+    """The PD member asked is not the PD leader. ``leader_addr`` is the
+    leader's client address if the member knows it (``""`` otherwise): send
+    the request there, or ask the other members. ``PdClient`` does this
+    itself; callers only see :class:`PdUnavailableError` once its deadline
+    passed."""
+
+    message: str = "not the PD leader"
+    leader_name: str = ""
+    leader_addr: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.message} (leader: {self.leader_addr or 'unknown'})"
+
+
+class PdUnavailableError(PdError):
+    """No PD member answered as leader before the deadline (all unreachable,
+    or an election that did not finish in time). The request may or may not
+    have taken effect: retry it later (every PD request is safe to retry:
+    allocations are only wasted, never handed out twice); if it persists,
+    check that a majority of the PD processes runs."""
+
+
+class NotBootstrappedError(PdError):
+    """The cluster has not been bootstrapped yet (no first store and Region).
+    The first store bootstraps it (``PdClient.bootstrap``); others wait."""
+
+
+class AlreadyBootstrappedError(PdError):
+    """``Bootstrap`` on a cluster that already has a different first Region:
+    another store won the race. Do not create a first Region; join instead."""
+
+
+class StoreTombstoneError(PdError):
+    """The store was removed from the cluster (tombstone): it must not serve
+    or register again. Wipe its data directory to rejoin as a new store."""
+
+
+class ClusterMismatchError(PdError):
+    """The request named another cluster id than this PD's: the process talks
+    to the wrong PD cluster (or its data directory belongs to another
+    cluster). A configuration error: do not retry."""
+
+
+# --------------------------------------------------------------------------
 # Region (routing) errors: populated by the replicated layers.
 # --------------------------------------------------------------------------
 

@@ -277,3 +277,44 @@ class Region:
 
     def contains(self, encoded_key: bytes) -> bool:
         return encoded_key >= self.start_key and (not self.end_key or encoded_key < self.end_key)
+
+
+class StoreState(enum.IntEnum):
+    """metapb.StoreState: ``TOMBSTONE`` stores never come back."""
+
+    UP = 0
+    OFFLINE = 1
+    TOMBSTONE = 2
+
+
+COLUMNAR_LABEL = ("engine", "columnar")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreMeta:
+    """One store process as PD knows it (metapb.Store). A store labelled
+    ``engine=columnar`` hosts only learners (the columnar replica)."""
+
+    id: int
+    address: str = ""
+    state: StoreState = StoreState.UP
+    labels: tuple[tuple[str, str], ...] = ()
+    version: str = ""
+    raft_address: str = ""
+    status_address: str = ""
+    start_timestamp: int = 0
+
+    @property
+    def is_columnar(self) -> bool:
+        return COLUMNAR_LABEL in self.labels
+
+
+@dataclass(frozen=True, slots=True)
+class PdMember:
+    """One PD process (pdpb.Member): ``client_addr`` serves the PD gRPC
+    service, ``peer_addr`` its Raft."""
+
+    name: str
+    member_id: int = 0
+    client_addr: str = ""
+    peer_addr: str = ""

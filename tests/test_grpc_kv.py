@@ -32,7 +32,7 @@ from kvstore.errors import (
     ServerIsBusyError,
     WriteConflictError,
 )
-from kvstore.proto import kvrpcpb_pb2, tikvpb_pb2
+from kvstore.proto import kvrpcpb_pb2, pdpb_pb2, tikvpb_pb2
 from kvstore.proto.convert import RequestContext
 from kvstore.proto.rpc import KV_SERVICE, TSO_PATH, channel_options
 from kvstore.server.embedded import EmbeddedStore
@@ -283,8 +283,10 @@ def test_garbage_bytes_do_not_hurt_the_server(server: StoreProcess) -> None:
         assert list(out.request_ids) == [7]
         assert out.responses[0].status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
         # Garbage to PD and to a method that does not exist.
-        tso = ch.unary_unary(TSO_PATH)
-        assert tso(garbage, timeout=10)  # an answer carrying an error header
+        tso = ch.stream_stream(TSO_PATH)
+        [answer] = list(tso(iter([garbage]), timeout=10))  # the stream stays usable
+        header = pdpb_pb2.TsoResponse.FromString(answer).header
+        assert header.error.type == pdpb_pb2.INVALID_ARGUMENT
         with pytest.raises(grpc.RpcError) as info:
             ch.unary_unary(f"/{KV_SERVICE}/NoSuchMethod")(garbage, timeout=10)
         assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -10,7 +10,9 @@ Key types: :class:`Client` (``raw``, ``begin``, ``transaction``, ``tso``,
 ``close``), :class:`Transaction`, :class:`RawClient`. Backends:
 :mod:`kvstore.client.grpc_backend` (one store over gRPC, unary or
 ``BatchCommands``) and :mod:`kvstore.client.routing` (a Region cache routing
-every call to the Region's leader, across splits and failovers).
+every call to the Region's leader, across splits and failovers). The
+placement driver: :class:`~kvstore.client.pd_client.PdClient` (leader
+finding, retries, batched timestamps over one ``Tso`` stream).
 
 Invariants: a transaction's writes become visible all at once at its commit_ts
 or never; a conflicted transaction is never retried by replaying its writes

@@ -46,9 +46,10 @@ from google.protobuf.message import Message
 
 from kvstore.client.backend import KvBackend, TsoBackend
 from kvstore.client.client import Client
+from kvstore.client.tso import TsoBatcher
 from kvstore.errors import InvalidArgumentError
 from kvstore.proto import kvrpcpb_pb2 as pb
-from kvstore.proto import pdpb_pb2, tikvpb_pb2
+from kvstore.proto import tikvpb_pb2
 from kvstore.proto.convert import (
     GcResult,
     RequestContext,
@@ -56,7 +57,6 @@ from kvstore.proto.convert import (
     encoding_error,
     lock_info_from_pb,
     mutation_to_pb,
-    pd_error_from_pb,
     prewrite_outcome,
     response_error,
     txn_status_from_pb,
@@ -66,11 +66,10 @@ from kvstore.proto.rpc import (
     DEFAULT_MAX_MESSAGE_BYTES,
     KV_METHODS,
     KV_SERVICE,
-    TSO_PATH,
     KvMethod,
     channel_options,
 )
-from kvstore.types import LockInfo, Mutation, TxnStatus, compose_ts, validate_limit, validate_range
+from kvstore.types import LockInfo, Mutation, TxnStatus, validate_limit, validate_range
 
 DEFAULT_TIMEOUT_S = 30.0
 _STATUS_BY_CODE = {c.value[0]: c for c in grpc.StatusCode}
@@ -531,7 +530,11 @@ class GrpcKvBackend(KvBackend):
 
 
 class GrpcTsoBackend(TsoBackend):
-    """:class:`~kvstore.client.backend.TsoBackend` over PD's ``Tso`` RPC."""
+    """:class:`~kvstore.client.backend.TsoBackend` over PD's ``Tso`` stream at
+    one fixed address (an embedded server's oracle). Concurrent callers are
+    batched into one request (:class:`~kvstore.client.tso.TsoBatcher`); a
+    failure is the caller's error, not retried elsewhere (for a PD cluster
+    use :class:`~kvstore.client.pd_client.PdClient`)."""
 
     def __init__(
         self,
@@ -543,23 +546,19 @@ class GrpcTsoBackend(TsoBackend):
         self.timeout = timeout
         self._own_channel = channel is None
         self._channel = channel or grpc.insecure_channel(addr, options=channel_options())
-        self._tso = self._channel.unary_unary(
-            TSO_PATH,
-            request_serializer=pdpb_pb2.TsoRequest.SerializeToString,
-            response_deserializer=pdpb_pb2.TsoResponse.FromString,
+        self._batcher = TsoBatcher(
+            lambda _refresh: (addr, self._channel),
+            timeout=timeout if timeout is not None else 3600.0,
+            retry=False,
         )
 
     def get_ts(self, count: int = 1) -> int:
         if not isinstance(count, int) or isinstance(count, bool) or count <= 0:
             raise InvalidArgumentError("count must be a positive int")
-        req = _new(pdpb_pb2.TsoRequest, count=count)
-        resp: pdpb_pb2.TsoResponse = self._tso(req, timeout=self.timeout)
-        err = pd_error_from_pb(resp.header.error)
-        if err is not None:
-            raise err
-        return compose_ts(resp.timestamp.physical, resp.timestamp.logical)
+        return self._batcher.get_ts(count)
 
     def close(self) -> None:
+        self._batcher.close()
         if self._own_channel:
             self._channel.close()
 

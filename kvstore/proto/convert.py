@@ -15,7 +15,10 @@ with hypothesis):
   errors as a message string in a kind of their own. An error class without a
   kind of its own travels as its nearest mapped base class (an unknown
   ``TxnError`` subclass arrives as ``TxnError``, anything else as ``KVError``).
-* PD: :class:`~kvstore.errors.KVError` <-> ``pdpb.Error``.
+* PD: :class:`~kvstore.errors.KVError` <-> ``pdpb.Error`` in a response
+  header (:func:`set_pd_error`/:func:`pd_header_error`: ``NOT_LEADER`` carries
+  the leader's address), ``StoreMeta`` <-> ``metapb.Store``, ``PdMember`` <->
+  ``pdpb.Member``.
 
 Decoding never trusts its input: a value that cannot be represented (an
 unknown enum number, an out-of-range integer) raises
@@ -32,8 +35,10 @@ from typing import TypeVar
 from google.protobuf.message import Message
 
 from kvstore.errors import (
+    AlreadyBootstrappedError,
     AlreadyExistsError,
     ClosedError,
+    ClusterMismatchError,
     CommittedError,
     CommitTsExpiredError,
     EpochNotMatchError,
@@ -42,12 +47,17 @@ from kvstore.errors import (
     KeyIsLockedError,
     KeyNotInRegionError,
     KVError,
+    NotBootstrappedError,
     NotLeaderError,
+    PdError,
+    PdNotLeaderError,
+    PdUnavailableError,
     ProposalDroppedError,
     RegionError,
     RegionNotFoundError,
     ServerIsBusyError,
     StorageError,
+    StoreTombstoneError,
     TsoError,
     TxnAbortedError,
     TxnError,
@@ -62,9 +72,12 @@ from kvstore.types import (
     LockType,
     Mutation,
     Op,
+    PdMember,
     Peer,
     Region,
     RegionEpoch,
+    StoreMeta,
+    StoreState,
     TxnAction,
     TxnStatus,
 )
@@ -423,21 +436,88 @@ _PD_KINDS: dict[type[KVError], pdpb_pb2.ErrorType] = {
     InvalidArgumentError: pdpb_pb2.INVALID_ARGUMENT,
     TsoError: pdpb_pb2.TSO_UNAVAILABLE,
     ClosedError: pdpb_pb2.CLOSED,
+    PdNotLeaderError: pdpb_pb2.NOT_LEADER,
+    NotBootstrappedError: pdpb_pb2.NOT_BOOTSTRAPPED,
+    AlreadyBootstrappedError: pdpb_pb2.ALREADY_BOOTSTRAPPED,
+    StoreTombstoneError: pdpb_pb2.STORE_TOMBSTONE,
+    ClusterMismatchError: pdpb_pb2.CLUSTER_MISMATCH,
+    PdUnavailableError: pdpb_pb2.UNKNOWN,
+    PdError: pdpb_pb2.UNKNOWN,
     KVError: pdpb_pb2.UNKNOWN,
 }
-_PD_CLASSES: dict[int, Callable[[str], KVError]] = {int(v): k for k, v in _PD_KINDS.items()}
+_PD_CLASSES: dict[int, Callable[[str], KVError]] = {
+    int(v): k for k, v in _PD_KINDS.items() if k not in (PdError, PdUnavailableError)
+}
 
 
 def pd_error_to_pb(e: KVError) -> pdpb_pb2.Error:
     kind = next(_PD_KINDS[c] for c in type(e).__mro__ if c in _PD_KINDS)
-    return pdpb_pb2.Error(type=kind, message=_text(e))
+    message = e.message if isinstance(e, PdNotLeaderError) else _text(e)
+    return pdpb_pb2.Error(type=kind, message=_text(message))
 
 
 def pd_error_from_pb(m: pdpb_pb2.Error) -> KVError | None:
-    """None for ``OK``."""
+    """None for ``OK``. (``NOT_LEADER`` without the leader: use
+    :func:`pd_header_error` to get the leader from the response header.)"""
     if m.type == pdpb_pb2.OK:
         return None
     return _PD_CLASSES.get(m.type, KVError)(m.message)
+
+
+def set_pd_error(header: pdpb_pb2.ResponseHeader, e: KVError) -> None:
+    """Record ``e`` in a PD response header (a :class:`PdNotLeaderError` also
+    names the leader, in ``header.leader``)."""
+    header.error.CopyFrom(pd_error_to_pb(e))
+    if isinstance(e, PdNotLeaderError) and (e.leader_addr or e.leader_name):
+        header.leader.CopyFrom(pdpb_pb2.Member(name=e.leader_name, client_addr=e.leader_addr))
+
+
+def pd_header_error(header: pdpb_pb2.ResponseHeader) -> KVError | None:
+    """The error a PD response header carries, None for OK."""
+    e = pd_error_from_pb(header.error)
+    if isinstance(e, PdNotLeaderError) and header.HasField("leader"):
+        e.leader_name = header.leader.name
+        e.leader_addr = header.leader.client_addr
+    return e
+
+
+def member_to_pb(m: PdMember) -> pdpb_pb2.Member:
+    return pdpb_pb2.Member(
+        name=m.name, member_id=m.member_id, client_addr=m.client_addr, peer_addr=m.peer_addr
+    )
+
+
+def member_from_pb(m: pdpb_pb2.Member) -> PdMember:
+    return PdMember(
+        name=m.name, member_id=m.member_id, client_addr=m.client_addr, peer_addr=m.peer_addr
+    )
+
+
+def store_to_pb(s: StoreMeta) -> metapb_pb2.Store:
+    return metapb_pb2.Store(
+        id=s.id,
+        address=s.address,
+        state=int(s.state),  # type: ignore[arg-type]
+        labels=[metapb_pb2.StoreLabel(key=k, value=v) for k, v in s.labels],
+        version=s.version,
+        raft_address=s.raft_address,
+        status_address=s.status_address,
+        start_timestamp=s.start_timestamp,
+    )
+
+
+def store_from_pb(m: metapb_pb2.Store) -> StoreMeta:
+    state = _enum({int(v): v for v in StoreState}, m.state, "store state")
+    return StoreMeta(
+        id=m.id,
+        address=_text(m.address),
+        state=state,
+        labels=tuple((lb.key, lb.value) for lb in m.labels),
+        version=m.version,
+        raft_address=m.raft_address,
+        status_address=m.status_address,
+        start_timestamp=m.start_timestamp,
+    )
 
 
 __all__ = [
@@ -454,8 +534,11 @@ __all__ = [
     "lock_info_to_pb",
     "mutation_from_pb",
     "mutation_to_pb",
+    "member_from_pb",
+    "member_to_pb",
     "pd_error_from_pb",
     "pd_error_to_pb",
+    "pd_header_error",
     "peer_from_pb",
     "peer_to_pb",
     "prewrite_outcome",
@@ -465,6 +548,9 @@ __all__ = [
     "region_to_pb",
     "response_error",
     "set_error",
+    "set_pd_error",
+    "store_from_pb",
+    "store_to_pb",
     "txn_status_from_pb",
     "txn_status_to_pb",
 ]

@@ -7,7 +7,10 @@ Where it sits: the top of ``kvstore``; it may import every layer below.
 * :mod:`kvstore.server.kv_service` — the Kv service over gRPC for any
   ``KvHandler`` (typed errors as response fields, malformed bytes answered
   with ``invalid_argument``, ``BatchCommands``); :mod:`~kvstore.server.pd_service`
-  serves PD's ``Tso``.
+  serves PD's ``Tso`` stream from any oracle.
+* :mod:`kvstore.server.pd_server` — the placement driver process (every
+  ``pdpb`` RPC, state replicated by Raft among 1 or 3 members);
+  :mod:`~kvstore.server.local_pd` starts PD processes for tests.
 * :mod:`kvstore.server.region_handler` — the Kv service over a replicated
   :class:`~kvstore.raftstore.Store` (route by Region, epoch and key range; read
   barrier before reads).
