@@ -285,8 +285,11 @@ def test_malformed_requests_are_answered_in_the_header(pd1: LocalPdCluster) -> N
 
 
 def test_restart_keeps_state_and_time_moves_on(tmp_path: Path) -> None:
-    with LocalPdCluster(tmp_path / "pd", 1, extra_args=NO_GC) as c:
+    # A snapshot every 20 entries: the restart reads one, then the log after it.
+    with LocalPdCluster(tmp_path / "pd", 1, extra_args=[*NO_GC, "--snapshot-entries", "20"]) as c:
         with PdClient(c.client_addrs()) as pd:
+            for _ in range(100):
+                pd.get_ts()
             ids = [pd.alloc_id() for _ in range(3)]
             region = Region(ids[1], b"", b"", RegionEpoch(1, 1), (Peer(ids[2], ids[0]),))
             pd.bootstrap(store_pb(ids[0], 22000), region)
@@ -337,7 +340,9 @@ def check_real_time_order(ops: list[tuple[float, float, int]]) -> None:
 
 @pytest.mark.slow
 def test_three_pds_leader_killed_under_load(tmp_path: Path) -> None:
-    with LocalPdCluster(tmp_path / "pd", 3, extra_args=NO_GC, secret="pd-secret") as c:
+    # Small snapshots: a restarted member may catch up from one.
+    args = [*NO_GC, "--snapshot-entries", "200"]
+    with LocalPdCluster(tmp_path / "pd", 3, extra_args=args, secret="pd-secret") as c:
         pd = PdClient(c.client_addrs(), timeout=30)
         try:
             ids = [pd.alloc_id() for _ in range(3)]
