@@ -14,7 +14,8 @@ Layers, bottom up (each imports only those below it; enforced by
 * :mod:`kvstore.txn` — Percolator actions, latches, the command scheduler;
   :mod:`kvstore.rawkv` — raw commands; :mod:`kvstore.pd` — timestamp oracle;
 * :mod:`kvstore.client` — the API: transactions, lock resolution, raw KV;
-* :mod:`kvstore.server` — process wiring (today: the embedded store).
+* :mod:`kvstore.server` — process wiring: the embedded store, the store and
+  PD servers, :class:`LocalCluster`.
 
 Public API::
 
@@ -24,6 +25,10 @@ Public API::
         with client.begin() as txn:
             txn.put(b"a", b"1")
         client.transaction(lambda txn: txn.get(b"a"))
+
+    with kvstore.LocalCluster("/tmp/cluster") as cluster:   # PD + 3 stores
+        with kvstore.connect(cluster.pd_addr) as client:     # same API
+            client.raw.put(b"k", b"v")
 
 Guarantees: snapshot isolation for transactions (write skew is allowed, as in
 TiKV), linearizable single-key raw operations, atomic write batches.
@@ -48,4 +53,29 @@ def open(path: str | os.PathLike[str] | None, **options: Any) -> Client:
     return open_store(path, **options)
 
 
-__all__ = ["Client", "KVError", "RawClient", "Transaction", "open"]
+def connect(pd_addrs: str | list[str], **options: Any) -> Client:
+    """Connect to a cluster through its PD node(s) (``host:port``, comma-
+    separated or a list). The returned client has the API of :func:`open`."""
+    from kvstore.client.cluster import connect as _connect
+
+    return _connect(pd_addrs, **options)
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: most users of kvstore never start processes.
+    if name == "LocalCluster":
+        from kvstore.server.cluster import LocalCluster
+
+        return LocalCluster
+    raise AttributeError(f"module 'kvstore' has no attribute {name!r}")
+
+
+__all__ = [  # noqa: F405 (LocalCluster comes from __getattr__)
+    "Client",
+    "KVError",
+    "LocalCluster",
+    "RawClient",
+    "Transaction",
+    "connect",
+    "open",
+]

@@ -43,13 +43,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def register_demo(sub: Any) -> None:
-    p = sub.add_parser("demo", help="run the guided demo on a temporary store")
+    p = sub.add_parser("demo", help="run the guided demo on a temporary local cluster")
     p.add_argument("--data-dir", help="keep the data here instead of a temporary folder")
+    p.add_argument(
+        "--embedded", action="store_true", help="use the single-process embedded store instead"
+    )
 
     def run(args: argparse.Namespace) -> int:
         from kvstore.demo import run_demo
 
-        return run_demo(args.data_dir)
+        return run_demo(args.data_dir, embedded=args.embedded)
 
     p.set_defaults(func=run)
 

@@ -144,3 +144,21 @@ def decode_raw_key(encoded: bytes) -> bytes:
     if pos != len(encoded) or not key.startswith(RAW_KEYSPACE):
         raise InvalidArgumentError("not a raw key")
     return key[1:]
+
+
+def display_key(encoded: bytes, width: int = 24) -> str:
+    """A Region boundary for people: ``raw:user/00750``, ``txn:acct/bob``,
+    or hex when it is not a whole encoded key; ``""`` is shown as ``-inf``
+    (use it for start keys; an empty end key means +inf)."""
+    if not encoded:
+        return "-inf"
+    try:
+        key, pos = decode_bytes(encoded)
+    except InvalidArgumentError:
+        key, pos = b"", -1
+    if pos == len(encoded) and key[:1] in (TXN_KEYSPACE, RAW_KEYSPACE):
+        space = "txn" if key[:1] == TXN_KEYSPACE else "raw"
+        text = f"{space}:{key[1:].decode('utf-8', 'backslashreplace')}"
+    else:
+        text = "0x" + encoded.hex()
+    return text if len(text) <= width else text[: width - 1] + "…"

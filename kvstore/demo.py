@@ -1,9 +1,13 @@
-"""``htapkv demo``: a guided tour of the embedded store, printed as it runs.
+"""``htapkv demo``: a guided tour of a real local cluster, printed as it runs.
 
-At this stage (no networking yet) the demo runs one embedded store in a
-temporary folder and shows: raw KV, a transfer transaction, a write conflict
-and its retry by re-running the function, and a client that crashes in the
-middle of two-phase commit, leaving locks that the next reader resolves.
+Starts PD and three store processes (``kvstore.LocalCluster``, data in a
+temporary folder), then shows: what runs where; raw KV; a transfer
+transaction; a write conflict and its retry by re-running the function; a
+client that crashes in the middle of two-phase commit, leaving locks that the
+next reader resolves; Regions splitting under load; a store killed with
+SIGKILL while clients keep transferring money (the total never changes); and
+stops every process. ``htapkv demo --embedded`` runs the transactional part
+on the single-process embedded store instead.
 """
 
 from __future__ import annotations
@@ -11,13 +15,18 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
+import time
+from collections import Counter
 
 from rich.console import Console
 from rich.table import Table
 
 import kvstore
+from kvstore import codec
 from kvstore.client import Client
-from kvstore.errors import WriteConflictError
+from kvstore.errors import KVError, WriteConflictError
+
+SPLIT_KEYS = 300
 
 
 def _balances(c: Client) -> dict[str, int]:
@@ -25,26 +34,171 @@ def _balances(c: Client) -> dict[str, int]:
         return {k.decode(): int(v) for k, v in t.scan(b"acct/", b"acct0")}
 
 
-def run_demo(data_dir: str | None = None) -> int:
+def run_demo(data_dir: str | None = None, *, embedded: bool = False) -> int:
     console = Console()
     tmp = data_dir or tempfile.mkdtemp(prefix="htapkv-demo-")
-    console.rule("[bold]htapkv demo: the embedded transactional store")
-    console.print(f"RocksDB data in [cyan]{tmp}[/] (one process, no network yet)")
     try:
-        with kvstore.open(tmp, lock_ttl_ms=300) as c:
-            _demo_raw(console, c)
-            _demo_transactions(console, c)
-            _demo_conflict(console, c)
-            _demo_crashed_client(console, c)
-        console.print("\nReopening the store from disk...")
-        with kvstore.open(tmp) as c:
-            bal = _balances(c)
-            console.print(f"balances after reopen: {bal}  total={sum(bal.values())}")
+        if embedded:
+            _run_embedded(console, tmp)
+        else:
+            _run_cluster(console, tmp)
     finally:
         if data_dir is None:
             shutil.rmtree(tmp, ignore_errors=True)
-    console.rule("[bold green]demo finished; store closed, temporary data removed")
     return 0
+
+
+def _run_embedded(console: Console, tmp: str) -> None:
+    console.rule("[bold]htapkv demo: the embedded transactional store")
+    console.print(f"RocksDB data in [cyan]{tmp}[/] (one process, no network)")
+    with kvstore.open(tmp, lock_ttl_ms=300) as c:
+        _demo_raw(console, c)
+        _demo_transactions(console, c)
+        _demo_conflict(console, c)
+        _demo_crashed_client(console, c)
+    console.print("\nReopening the store from disk...")
+    with kvstore.open(tmp) as c:
+        bal = _balances(c)
+        console.print(f"balances after reopen: {bal}  total={sum(bal.values())}")
+    console.rule("[bold green]demo finished; store closed, temporary data removed")
+
+
+def _run_cluster(console: Console, tmp: str) -> None:
+    console.rule("[bold]htapkv demo: a local cluster (PD + 3 stores, real processes)")
+    cluster = kvstore.LocalCluster(
+        tmp, pd=1, stores=3, store_args=["--split-keys", str(SPLIT_KEYS)]
+    )
+    with console.status("starting PD, then 3 stores; waiting for Region 1 to get 3 replicas..."):
+        t0 = time.monotonic()
+        cluster.start()
+    try:
+        console.print(
+            f"cluster serving after {time.monotonic() - t0:.1f} s; data in [cyan]{tmp}[/]"
+        )
+        _show_processes(console, cluster)
+        with cluster.connect(lock_ttl_ms=300) as c:
+            _demo_raw(console, c)
+            _show_where(console, cluster, [b"greeting"])
+            _demo_transactions(console, c)
+            _demo_conflict(console, c)
+            _demo_crashed_client(console, c)
+            _demo_splits(console, cluster, c)
+            _demo_store_kill(console, cluster, c)
+    finally:
+        with console.status("stopping every process..."):
+            cluster.stop()
+    console.rule("[bold green]demo finished; every process stopped, temporary data removed")
+
+
+def _show_processes(console: Console, cluster: kvstore.LocalCluster) -> None:
+    table = Table("process", "role", "address", "pid", "store id")
+    for p in cluster.processes():
+        table.add_row(p.name, p.role, p.addr, str(p.pid), str(p.store_id or ""))
+    console.print(table)
+
+
+def _show_regions(console: Console, cluster: kvstore.LocalCluster, title: str) -> None:
+    table = Table("region", "start", "end", "epoch", "replicas on stores", "leader", title=title)
+    for region, leader in cluster.pd().scan_regions(b"", b"", 0):
+        stores = ", ".join(str(p.store_id) for p in region.peers)
+        table.add_row(
+            str(region.id),
+            codec.display_key(region.start_key),
+            codec.display_key(region.end_key) if region.end_key else "+inf",
+            f"{region.epoch.conf_ver}/{region.epoch.version}",
+            stores,
+            f"store {leader}" if leader else "?",
+        )
+    console.print(table)
+
+
+def _show_where(console: Console, cluster: kvstore.LocalCluster, keys: list[bytes]) -> None:
+    for key in keys:
+        found = cluster.pd().get_region(codec.raw_key(key))
+        if found is not None:
+            region, leader = found
+            console.print(
+                f"  {key!r} lives in Region {region.id}, replicated on stores "
+                f"{[p.store_id for p in region.peers]}, served by its leader on store {leader}"
+            )
+
+
+def _demo_splits(console: Console, cluster: kvstore.LocalCluster, c: Client) -> None:
+    console.rule(f"5. Regions split as they grow (threshold here: {SPLIT_KEYS} keys)")
+    before = len(cluster.pd().scan_regions(b"", b"", 0))
+    with console.status("writing 1,500 keys in batches of 100..."):
+        for i in range(0, 1500, 100):
+            c.raw.batch_put([(b"user/%05d" % j, b"x" * 100) for j in range(i, i + 100)])
+        cluster.wait_for(
+            "the splits to settle",
+            lambda: (
+                len(cluster.pd().scan_regions(b"", b"", 0)) > before and cluster.fully_replicated()
+            ),
+            120,
+        )
+    _show_regions(console, cluster, "Regions after the load (PD's directory)")
+    n = len(c.raw.scan(b"user/", b"user0", limit=10_000))
+    console.print(f"a raw scan across every Region boundary returns all {n} keys")
+
+
+def _demo_store_kill(console: Console, cluster: kvstore.LocalCluster, c: Client) -> None:
+    console.rule("6. SIGKILL a store while 4 clients keep transferring money")
+    stop = threading.Event()
+    done: Counter[str] = Counter()
+    names = ["alice", "bob", "carol", "dave"]
+
+    def worker(i: int) -> None:
+        k = 0
+        while not stop.is_set():
+            src, dst = names[(i + k) % 4], names[(i + k + 1) % 4]
+            k += 1
+
+            def fn(txn: kvstore.Transaction, src: str = src, dst: str = dst) -> None:
+                a = int(txn.get(b"acct/" + src.encode()) or 0)
+                if a < 1:
+                    return
+                b = int(txn.get(b"acct/" + dst.encode()) or 0)
+                txn.put(b"acct/" + src.encode(), str(a - 1).encode())
+                txn.put(b"acct/" + dst.encode(), str(b + 1).encode())
+
+            try:
+                c.transaction(fn)
+                done["committed"] += 1
+            except KVError:
+                done["failed"] += 1
+
+    total = sum(_balances(c).values())
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        cluster.wait_for("some transfers", lambda: done["committed"] >= 20, 60)
+        leaders = Counter(lead for _, lead in cluster.pd().scan_regions(b"", b"", 0) if lead)
+        victim_id = leaders.most_common(1)[0][0]
+        victim = cluster.name_of_store(victim_id)
+        at_kill = done["committed"]
+        t0 = time.monotonic()
+        cluster.kill(victim)
+        console.print(
+            f"killed {victim} (store {victim_id}, leader of {leaders[victim_id]} Regions)"
+        )
+        cluster.wait_for("transfers to continue", lambda: done["committed"] >= at_kill + 20, 120)
+        console.print(
+            f"clients committed again {time.monotonic() - t0:.2f} s after the kill "
+            "(new leaders elected among the 2 surviving replicas of each Region)"
+        )
+        _show_regions(console, cluster, f"Regions with {victim} down")
+        with console.status(f"restarting {victim}; it catches up from its Raft log..."):
+            cluster.restart(victim)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    bal = _balances(c)
+    console.print(
+        f"{done['committed']} transfers committed, {done['failed']} gave up; "
+        f"balances {bal}: total {sum(bal.values())} (was {total})"
+    )
 
 
 def _demo_raw(console: Console, c: Client) -> None:

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from kvstore import codec
 from kvstore.codec import (
     ENC_GROUP_SIZE,
     U64_MAX,
@@ -367,3 +368,13 @@ def test_record_decoders_never_raise_anything_else(data: bytes) -> None:
         except InvalidArgumentError:
             continue
         assert rec.to_bytes() == data
+
+
+def test_display_key_names_the_key_space() -> None:
+    assert codec.display_key(b"") == "-inf"
+    assert codec.display_key(codec.raw_key(b"user/007")) == "raw:user/007"
+    assert codec.display_key(codec.txn_key(b"acct/bob")) == "txn:acct/bob"
+    # Not a whole encoded key (a cut in the middle of a group): hex.
+    assert codec.display_key(codec.raw_key(b"abc")[:3]).startswith("0x")
+    long = codec.display_key(codec.raw_key(b"x" * 100), width=12)
+    assert len(long) == 12 and long.endswith("…")

@@ -60,6 +60,7 @@ from kvstore.proto.convert import (
     region_to_pb,
 )
 from kvstore.proto.rpc import PD_SERVICE
+from kvstore.proto.tls import TlsConfig
 from kvstore.types import PdMember, Region
 
 _UNREACHABLE = (
@@ -81,10 +82,13 @@ def _req(cls: type[Any], **fields: Any) -> Any:
 
 
 class PdClient:
-    def __init__(self, addrs: list[str], *, timeout: float = 10.0) -> None:
+    def __init__(
+        self, addrs: list[str], *, timeout: float = 10.0, tls: TlsConfig | None = None
+    ) -> None:
         if not addrs:
             raise InvalidArgumentError("PdClient needs at least one PD address")
         self.timeout = timeout
+        self.tls = tls
         self._lock = threading.Lock()
         self._addrs: list[str] = list(dict.fromkeys(addrs))
         self._leader: str | None = None
@@ -111,7 +115,7 @@ class PdClient:
             if stub is None:
                 ch = self._channels.get(addr)
                 if ch is None:
-                    ch = self._channels[addr] = new_channel(addr)
+                    ch = self._channels[addr] = new_channel(addr, self.tls)
                 m = _METHODS[name]
                 stub = ch.unary_unary(
                     f"/{PD_SERVICE}/{name}",

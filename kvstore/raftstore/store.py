@@ -8,10 +8,16 @@ returned :class:`RegionHandle` checks the routing (leader, epoch, key range)
 and exposes the Region's transaction scheduler and raw store, whose writes
 are proposed to the Region's Raft group (:class:`PeerSink`).
 
-Cluster membership is static here: ``StoreConfig.cluster`` maps store ids to
-Raft addresses. New ids (Regions and peers created by a split) come from a
-per-store allocator, ``store_id << 40 | counter``, unique without
-coordination. (With a placement driver these come from PD instead.)
+Cluster membership: ``StoreConfig.cluster`` maps store ids to Raft
+addresses; :meth:`Store.add_store` learns more (PD's store directory, in a
+cluster). New ids (Regions and peers created by a split) come from
+``StoreConfig.id_allocator`` (PD's ``AllocID`` in a cluster) or, without
+one, from a per-store allocator, ``store_id << 40 | counter``, unique without
+coordination.
+
+Whoever reports to PD subscribes with :meth:`Store.on_region_changed`: it is
+called (in the Raft driver thread: keep it short) after every split and
+membership change applied here.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from kvstore import codec
@@ -68,8 +74,11 @@ class StoreConfig:
     split_check_interval: float = 0.5
     # With no Region on disk, create the first one (whole key space, a peer
     # on every store of ``cluster``). Every store of a new cluster does this
-    # identically, so they agree without talking.
+    # identically, so they agree without talking. (Off under PD: the first
+    # store bootstraps the cluster through PD with a one-peer Region.)
     bootstrap: bool = True
+    # ``count -> first of count fresh ids``; None: the per-store allocator.
+    id_allocator: Callable[[int], int] | None = None
 
 
 class EngineLogStorage:
@@ -175,6 +184,7 @@ class Store:
         self._id_lock = threading.Lock()
         self._stop = threading.Event()
         self._checker: threading.Thread | None = None
+        self._region_listeners: list[Callable[[Region], None]] = []
         if config.cluster:
             self.start(config.cluster)
 
@@ -239,22 +249,57 @@ class Store:
         """Learn a store that joined the cluster."""
         self.cluster[store_id] = raft_addr
 
-    def create_peer(self, region: Region) -> None:
+    def on_region_changed(self, fn: Callable[[Region], None]) -> None:
+        """Call ``fn(region)`` after each split (once per half) and membership
+        change applied on this store (in the driver thread)."""
+        self._region_listeners.append(fn)
+
+    def _notify(self, region: Region) -> None:
+        for fn in self._region_listeners:
+            try:
+                fn(region)
+            except Exception:  # a listener must never break the apply path
+                log.exception("region listener failed")
+
+    def create_peer(self, region: Region) -> bool:
         """Host a new replica of ``region``, whose peers already name this
         store (as a learner: it catches up before it may vote). Called on the
-        target store by whoever drives the change (an operator, PD)."""
+        target store by whoever drives the change (an operator, PD).
+
+        Refused (False) while a local replica overlaps the range: that one is
+        behind (a split it has not applied yet will create this Region here
+        with the data it owns; a removal will destroy it). A fresh replica
+        over the same keys would apply newer entries before the old replica
+        applies older ones."""
+        me = next((p for p in region.peers if p.store_id == self.store_id), None)
+        if me is None:
+            raise InvalidArgumentError(f"region {region.id} has no peer on store {self.store_id}")
         if region.id in self.peers:
-            return
+            return True
+        if self.regions_overlapping(region):
+            return False
         b = WriteBatch()
         b.put(CF_RAFT, meta_key(region.id), encode_region(region))
         self.engine.write(b, sync=True)
         self._start_peer(region)
+        return True
 
-    def add_learner(self, region_id: int, store_id: int) -> Region:
-        """Leader: add a learner replica on ``store_id``; the target store
-        must then :meth:`create_peer` the returned Region."""
+    def destroy_peer(self, region_id: int) -> None:
+        """Drop this store's replica of ``region_id`` (no longer a member: PD
+        saw it removed while this store was away)."""
+        peer = self.peers.get(region_id)
+        if peer is not None:
+            region = peer.region
+            self.driver.call(lambda: self._destroy_peer(region))
+
+    def add_learner(self, region_id: int, store_id: int, peer_id: int | None = None) -> Region:
+        """Leader: add a learner replica on ``store_id`` (peer id ``peer_id``,
+        or a fresh one); the target store must then :meth:`create_peer` the
+        returned Region."""
         h = self.region(region_id, None)
-        change = raftcmd.ChangePeer(raftcmd.ADD_LEARNER, self.alloc_id(), store_id)
+        if peer_id is None:
+            peer_id = self.alloc_id()
+        change = raftcmd.ChangePeer(raftcmd.ADD_LEARNER, peer_id, store_id)
         region = h.peer.propose_change(change)
         # The new replica must start from a snapshot taken after this change:
         # replaying the log from the start under the new Region epoch would
@@ -291,6 +336,7 @@ class Store:
 
     def _on_change(self, region: Region, change: raftcmd.ChangePeer) -> None:
         # Driver thread, right after the change is applied on this replica.
+        self._notify(region)
         if change.store_id != self.store_id:
             return
         if change.change == raftcmd.PROMOTE_LEARNER:
@@ -329,6 +375,8 @@ class Store:
         # Driver thread, right after the split entry is applied here.
         if right.id not in self.peers:
             self._start_peer(right)
+        self._notify(left)
+        self._notify(right)
 
     def region(
         self, region_id: int, epoch: RegionEpoch | None, *, leader: bool = True
@@ -371,6 +419,8 @@ class Store:
 
     # ------------------------------------------------------------ split
     def alloc_id(self) -> int:
+        if self.config.id_allocator is not None:
+            return self.config.id_allocator(1)
         with self._id_lock:
             n = decode_u64(self.engine.get(CF_RAFT, ID_ALLOC_KEY)) + 1
             b = WriteBatch()

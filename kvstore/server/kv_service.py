@@ -36,6 +36,7 @@ timestamp oracle (PD ``Tso``), and writes the bound port to ``F``.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import queue
@@ -558,6 +559,10 @@ class KvService:
             else:
                 self._in_flight.pop(peer, None)
 
+    def _finish_batch(self, peer: str, n: int, done: Callable[[bytes], None], reply: bytes) -> None:
+        self._release(peer, n)
+        done(reply)
+
     def _too_many(self) -> str:
         return f"more than {self.max_in_flight} requests in flight on this connection"
 
@@ -681,7 +686,7 @@ class KvService:
                             r.status.message = self._too_many()
                         done(refused.SerializeToString())
                         continue
-                    self._start_batch(msg, lambda reply, n=n: (self._release(peer, n), done(reply)))
+                    self._start_batch(msg, functools.partial(self._finish_batch, peer, n, done))
             except Exception as e:  # the stream broke (cancelled, connection lost)
                 log.debug("BatchCommands stream ended: %s", e)
             finally:

@@ -1,4 +1,5 @@
-"""A replicated store process: ``python -m kvstore.server.store_server``.
+"""A replicated store process: ``htapkv server store`` (or
+``python -m kvstore.server.store_server``).
 
 Serves the Kv service (:class:`~kvstore.server.region_handler.RegionKvHandler`)
 and the Debug service (Regions hosted here, replica checksums) over gRPC, and
@@ -12,6 +13,15 @@ writes it once every store has published. On a restart the store binds the
 same ports again (from ``addrs.json``) and reads the cluster from its data
 directory, so it can rejoin on its own. ``DATA_DIR/ready`` appears once it
 serves.
+
+Start-up with a placement driver (``--pd``, what ``htapkv cluster up`` runs):
+the store gets its id from PD on first start (kept in
+``DATA_DIR/store_ident.json`` with the cluster id, so a data directory is never
+served to another cluster), registers its Kv, Raft and status addresses, and
+learns the others' from PD. The first store of a new cluster bootstraps it
+with a one-peer Region over the whole key space; PD's replica checker then
+adds the other replicas. A :class:`~kvstore.server.pd_worker.PdWorker` keeps
+PD informed and runs its operators; ``/metrics`` on the status port.
 """
 
 from __future__ import annotations
@@ -30,8 +40,10 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from kvstore.errors import InvalidArgumentError
 from kvstore.proto import debugpb_pb2
 from kvstore.proto.convert import region_to_pb
+from kvstore.proto.tls import add_tls_arguments
 from kvstore.raftstore import Store, StoreConfig
 from kvstore.server.kv_service import serve
 from kvstore.server.region_handler import RegionKvHandler
@@ -61,6 +73,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 class DebugService:
     def __init__(self, store: Store, kv_addrs: dict[int, str]) -> None:
+        # kv_addrs: store id -> Kv address, kept current by the caller.
         self.store = store
         self.kv_addrs = kv_addrs
 
@@ -116,10 +129,24 @@ class DebugService:
         )
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    p.add_argument("--store-id", type=int, required=True)
+def add_store_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", required=True)
+    p.add_argument("--pd", help="PD client address(es), comma-separated")
+    p.add_argument("--addr", help="host:port of the Kv service (with --pd; port 0: any)")
+    p.add_argument(
+        "--raft-addr", help="host:port of the Raft port (default: --addr's host, any port)"
+    )
+    p.add_argument("--status-addr", help="host:port of /metrics (default: --addr's host, any port)")
+    p.add_argument("--labels", default="", help="key=value,... (engine=columnar: a columnar store)")
+    p.add_argument(
+        "--store-heartbeat", type=float, default=1.0, help="seconds between store heartbeats"
+    )
+    p.add_argument(
+        "--region-heartbeat", type=float, default=2.0, help="seconds between region heartbeats"
+    )
+    p.add_argument("--gc-interval", type=float, default=10.0, help="seconds between GC passes")
+    p.add_argument("--store-id", type=int, help="static mode (no --pd): this store's id")
+    add_tls_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="interface for both ports")
     p.add_argument("--cluster-file", help="JSON: store id -> {raft, kv} (first start)")
     p.add_argument("--secret", default=os.environ.get("HTAPKV_CLUSTER_SECRET"))
@@ -134,9 +161,23 @@ def main(argv: list[str] | None = None) -> None:
         "--raft-dial-file",
         help="JSON: peer Raft address -> address to dial instead (fault-test proxies)",
     )
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s store %(name)s %(message)s")
 
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    add_store_arguments(p)
+    args = p.parse_args(argv)
+    raise SystemExit(run_store(args))
+
+
+def run_store(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s store %(name)s %(message)s")
+    if args.pd:
+        from kvstore.server.store_node import run_with_pd
+
+        return run_with_pd(args)
+    if args.store_id is None:
+        raise InvalidArgumentError("--store-id is needed without --pd")
     data = Path(args.data_dir)
     data.mkdir(parents=True, exist_ok=True)
     (data / "ready").unlink(missing_ok=True)
@@ -185,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         pass
     bound.stop(grace=1.0)
     store.close()
+    return 0
 
 
 if __name__ == "__main__":
