@@ -251,6 +251,7 @@ def test_ycsb_quick_suite_reports_targets(tmp_path: Path) -> None:
     phases = {r["phase"]: r for r in data["results"] if r["operation"] == "all"}
     assert set(phases) == {"load", "put.c1", "put.c256", "rmw.c256"}
     assert phases["put.c256"]["concurrency"] == 256 and phases["put.c1"]["concurrency"] == 1
+    assert data["parameters"]["distribution"] == "uniform"  # the suite's default
     target = data["target"]
     # No etcd in this run: the comparisons are not judged, htapkv's own share is.
     assert target["throughput"]["met"] is None and target["latency"]["met"] is None
