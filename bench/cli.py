@@ -9,7 +9,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("bench", help="run a benchmark beside its baseline")
     workloads = p.add_subparsers(dest="workload", metavar="WORKLOAD")
     workloads.required = True
-    from bench import raft, storage
+    from bench import raft, storage, ycsb
 
     storage.register(workloads)
     raft.register(workloads)
+    ycsb.register(workloads)
