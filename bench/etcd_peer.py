@@ -79,7 +79,7 @@ def etcd_version(binary: str) -> str | None:
 def import_aetcd() -> Any:
     """The ``aetcd`` module, or :class:`PeerUnavailableError` saying how to get it."""
     try:
-        import aetcd  # type: ignore[import-untyped]
+        import aetcd
     except ImportError as e:
         raise PeerUnavailableError(
             f"the Python etcd client aetcd is missing ({e}):\n    {AETCD_HINT}"

@@ -180,9 +180,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--target",
         choices=["embedded", "cluster"],
-        default="embedded",
-        help="embedded: kvstore.open on a temporary folder (default); cluster: a local "
-        "process cluster (kvstore.LocalCluster) through kvstore.connect",
+        default="cluster",
+        help="cluster: a local process cluster, 1 PD + 3 stores (kvstore.LocalCluster) "
+        "through kvstore.connect (default); embedded: kvstore.open on a temporary folder",
     )
     p.add_argument(
         "--pd",
@@ -219,42 +219,22 @@ def register(sub: Any) -> None:
 
 
 # ---------------------------------------------------------------- htapkv target
-class TargetUnavailableError(Exception):
-    """The htapkv target asked for cannot run here; the message says why."""
-
-
-def check_target(target: str, pd: str | None) -> None:
-    """Fail early, before anything starts, if the target's API is missing."""
-    import kvstore
-
-    need = ["connect"] if pd else (["LocalCluster", "connect"] if target == "cluster" else [])
-    missing = [name for name in need if not hasattr(kvstore, name)]
-    if missing:
-        what = "--pd" if pd else "--target cluster"
-        raise TargetUnavailableError(
-            f"{what} needs {', '.join('kvstore.' + m for m in missing)}, which this checkout "
-            "does not have yet (the cluster client is being built); use --target embedded"
-        )
-
-
 @contextlib.contextmanager
 def open_htapkv(target: str, pd: str | None, base: Path) -> Iterator[tuple[Client, str]]:
     """The one place that decides what "htapkv" is in this benchmark: yields
     a client and a one-line description of what it talks to."""
     import kvstore
 
-    check_target(target, pd)
     if pd:
         addrs = [a.strip() for a in pd.split(",") if a.strip()]
-        client = kvstore.connect(addrs)  # type: ignore[attr-defined,unused-ignore]
+        client = kvstore.connect(addrs)
         try:
             yield client, f"cluster at PD {', '.join(addrs)} (kvstore.connect)"
         finally:
             client.close()
     elif target == "cluster":
-        cluster_cls = kvstore.LocalCluster  # type: ignore[attr-defined,unused-ignore]
-        with cluster_cls(str(base / "htapkv-cluster"), pd=1, stores=3) as cluster:
-            client = kvstore.connect([cluster.pd_addr])  # type: ignore[attr-defined,unused-ignore]
+        with kvstore.LocalCluster(str(base / "htapkv-cluster"), pd=1, stores=3) as cluster:
+            client = cluster.connect()
             try:
                 yield client, "local cluster: 1 PD, 3 stores (kvstore.LocalCluster)"
             finally:
@@ -1056,11 +1036,10 @@ def run(args: argparse.Namespace) -> int:
         args.load_concurrency = QUICK_CONCURRENCY
     # Everything that can be missing is checked before anything starts.
     try:
-        check_target(args.target, args.pd)
         if args.peer == "etcd":
             find_etcd()
             import_aetcd()
-    except (TargetUnavailableError, PeerUnavailableError) as e:
+    except PeerUnavailableError as e:
         err.print(f"htapkv bench ycsb: error: {e}")
         return 2
 
@@ -1107,7 +1086,7 @@ def run(args: argparse.Namespace) -> int:
                 stats["etcd"] = run_etcd(
                     phases, base, progress, values, args.field_length, args.duration, peer_info
                 )
-    except (TargetUnavailableError, PeerUnavailableError) as e:
+    except PeerUnavailableError as e:
         err.print(f"htapkv bench ycsb: error: {e}")
         return 2
     finally:
