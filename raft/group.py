@@ -144,6 +144,19 @@ class _Replica(SyncObj):  # type: ignore[misc]
         if args is not None and not self._group.destroyed:
             super()._SyncObj__sendNextNodeIdx(node, *args)
 
+    # pysyncobj sends appends right away wherever it wants them sent: after
+    # an apply (to spread the commit index) and again for each new entry, so
+    # a write cost two messages per follower. The driver sends them once per
+    # loop instead, after every group has ticked and before the log flush
+    # (followers write the entries while we do): one message per follower
+    # carries the new entries and the commit index together.
+    def _SyncObj__sendAppendEntries(self) -> None:
+        self._group._driver._want_appends(self._group)
+
+    def _send_appends_now(self) -> None:
+        if not self._group.destroyed:
+            super()._SyncObj__sendAppendEntries()
+
     # Acknowledgements reach the leader after it has already sent further
     # entries; pysyncobj would then move nextIndex back and resend (and make
     # the follower truncate and rewrite) entries in flight. Keep nextIndex
