@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -239,8 +240,10 @@ class RaftDriver:
         for g in groups:
             g._drain()
         self.hub.tick()
+        now = time.monotonic()
         for g in groups:
             g.obj.doTick(0.0)
+            g._expire(now)
         self._send_appends()
         self._flush()
         self._poller.poll(self.idle_wait)

@@ -69,7 +69,9 @@ def _zlib_stored(data: bytes) -> bytes:
     every call): 4 messages per replicated write, more than all the Raft
     logic of the write. Raft messages between stores stay uncompressed, as in
     TiKV."""
-    out = [b"\x78\x01"]  # deflate, 32 KiB window, no dictionary; header % 31 == 0
+    out: list[bytes | memoryview] = [
+        b"\x78\x01"
+    ]  # deflate, 32 KiB window, no dictionary; header % 31 == 0
     view = memoryview(data)
     pos, n = 0, len(data)
     while True:
