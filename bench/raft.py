@@ -8,12 +8,19 @@ made the leader of every Region, so the numbers are those of the Raft layer
 (propose, log fsync, replication to two followers, commit, apply), with no
 gRPC in the path.
 
-The load: ``N`` client threads (``N`` = proposals in flight) each put
-unique 16-byte keys with 100-byte values through the Region's
-:class:`~kvstore.rawkv.RawStore` (``store.rawstores[region].raw_put``), one
-key per write, each waiting for its own commit and apply; writes go round
-robin over the Regions. Every combination of ``--regions`` (a fresh cluster
-per count; more than one Region by splitting at evenly spaced keys) and
+The load (``--load``): unique 16-byte keys with 100-byte values, one key
+per write, round robin over the Regions, ``N`` writes in flight. ``async``
+(the default): a few client threads (``--client-threads``) each keep their
+share of the ``N`` in flight: a write is encoded as the Region's
+:class:`~kvstore.rawkv.RawStore` encodes a ``raw_put`` (``put_batch``) and
+proposed with ``Peer.propose_write_async``; its callback (in the Raft driver
+thread) hands the result back and the thread starts the next write. No
+latches are taken (every key is new: ``raw_put``'s latch would never wait).
+``threads``: ``N`` client threads, each calling ``raw_put`` and waiting for
+its own commit and apply, the way a server thread per request would.
+
+Every combination of ``--regions`` (a fresh cluster per count; more than one
+Region by splitting at evenly spaced keys) and
 ``--inflight`` runs for ``--duration`` seconds after a short warm-up; per
 operation latency is taken with ``perf_counter_ns``.
 
@@ -36,6 +43,7 @@ are reported, never asserted.
 from __future__ import annotations
 
 import argparse
+import collections
 import gc
 import json
 import os
@@ -80,6 +88,10 @@ LEADER_TIMEOUT = 30.0
 DRIFT_WARNING = 1.25
 BUSY_LOAD_PER_CPU = 0.5
 ERROR_PAUSE = 0.01  # a worker whose write failed waits this long before the next
+LOADS = ("async", "threads")
+DEFAULT_LOAD = "async"
+DEFAULT_CLIENT_THREADS = 4
+MAX_CLIENT_THREADS = 64
 
 
 # ---------------------------------------------------------------- CLI
@@ -110,7 +122,23 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--inflight",
         type=_int_list(MAX_INFLIGHT),
-        help=f"comma-separated proposals in flight = client threads (default {DEFAULT_INFLIGHT})",
+        help=f"comma-separated proposals in flight (default {DEFAULT_INFLIGHT})",
+    )
+    p.add_argument(
+        "--load",
+        choices=LOADS,
+        default=DEFAULT_LOAD,
+        help="how the proposals in flight are generated: 'async' = a few client threads "
+        "(--client-threads) each keeping its share in flight with the asynchronous propose "
+        "API; 'threads' = one client thread per proposal in flight, each waiting for its "
+        f"write (default {DEFAULT_LOAD})",
+    )
+    p.add_argument(
+        "--client-threads",
+        type=_one_int(MAX_CLIENT_THREADS),
+        default=DEFAULT_CLIENT_THREADS,
+        metavar="N",
+        help=f"client threads of the async load (default {DEFAULT_CLIENT_THREADS})",
     )
     p.add_argument("--seed", type=int, default=1, help="seed of the values (default 1)")
     p.add_argument(
@@ -150,6 +178,16 @@ def _int_list(maximum: int) -> Callable[[str], list[int]]:
     return parse
 
 
+def _one_int(maximum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        values = _int_list(maximum)(text)
+        if len(values) != 1:
+            raise argparse.ArgumentTypeError(f"need one integer in 1..{maximum}: {text!r}")
+        return values[0]
+
+    return parse
+
+
 # ---------------------------------------------------------------- results
 @dataclass
 class Snapshot:
@@ -183,6 +221,8 @@ class Result:
     baseline_ops_per_s: float | None = None
     baseline_p50_us: float | None = None
     notes: list[str] = field(default_factory=list)
+    load: str | None = None  # how the writes were generated (see --load)
+    client_threads: int | None = None
 
     @property
     def ops_per_s(self) -> float:
@@ -239,7 +279,8 @@ class Result:
             "system": self.system,
             "regions": self.regions,
             "inflight": self.inflight,
-            "threads": self.inflight,
+            "threads": self.client_threads or self.inflight,
+            "load": self.load,
             "ops": self.ops,
             "errors": self.errors,
             "elapsed_s": self.elapsed_s,
@@ -347,6 +388,99 @@ class Harness:
                 done[t] = i
             counted[t] = n
 
+        return self._drive(
+            label, threads, work, lats, counted, done, errors, first_error, window, barrier
+        )
+
+    def run_async(
+        self,
+        label: str,
+        threads: int,
+        inflight: int,
+        start_op: Callable[[int, int, Callable[[Exception | None], None]], None],
+    ) -> _Run:
+        """Like :meth:`run`, with ``inflight`` operations kept in flight by
+        ``threads`` workers (``inflight`` split evenly): ``start_op(t, i,
+        done)`` starts operation ``i`` of worker ``t`` and returns at once;
+        ``done(error)`` is called when it ends (any thread). A worker starts
+        new operations as its earlier ones end; its latencies run from the
+        start to the call of ``done``."""
+        threads = max(1, min(threads, inflight))
+        lats: list[list[int]] = [[] for _ in range(threads)]
+        counted = [0] * threads
+        done_n = [0] * threads
+        errors = [0] * threads
+        first_error: list[str] = []
+        window = [0, 0]
+        barrier = threading.Barrier(threads + 1)
+        clock = time.perf_counter_ns
+
+        def work(t: int) -> None:
+            share = inflight // threads + (t < inflight % threads)
+            finished: collections.deque[tuple[int, int, Exception | None]] = collections.deque()
+            wake = threading.Event()
+
+            def make_done(t0: int) -> Callable[[Exception | None], None]:
+                def done(err: Exception | None) -> None:
+                    finished.append((t0, clock(), err))
+                    wake.set()
+
+                return done
+
+            append = lats[t].append
+            barrier.wait()
+            start, end = window
+            i = n = outstanding = 0
+            while True:
+                pause = False
+                while outstanding < share:
+                    t0 = clock()
+                    if t0 >= end:
+                        break
+                    outstanding += 1
+                    try:
+                        start_op(t, i, make_done(t0))
+                    except Exception as e:
+                        make_done(t0)(e)
+                    i += 1
+                if not outstanding:
+                    break
+                wake.wait()
+                wake.clear()
+                while finished:
+                    t0, t1, err = finished.popleft()
+                    outstanding -= 1
+                    done_n[t] += 1
+                    if err is not None:
+                        errors[t] += 1
+                        pause = True
+                        if not first_error:
+                            first_error.append(f"{type(err).__name__}: {err}")
+                    elif t0 >= start:
+                        append(t1 - t0)
+                        n += 1
+                if pause:
+                    time.sleep(ERROR_PAUSE)
+            counted[t] = n
+
+        return self._drive(
+            label, threads, work, lats, counted, done_n, errors, first_error, window, barrier
+        )
+
+    def _drive(
+        self,
+        label: str,
+        threads: int,
+        work: Callable[[int], None],
+        lats: list[list[int]],
+        counted: list[int],
+        done: list[int],
+        errors: list[int],
+        first_error: list[str],
+        window: list[int],
+        barrier: threading.Barrier,
+    ) -> _Run:
+        clock = time.perf_counter_ns
         workers = [
             threading.Thread(target=work, args=(t,), name=f"bench-{t}", daemon=True)
             for t in range(threads)
@@ -622,27 +756,49 @@ def _bench_cluster(
     inflight: int,
     phase: int,
     values: list[bytes],
+    load: str = DEFAULT_LOAD,
+    client_threads: int = DEFAULT_CLIENT_THREADS,
 ) -> Result:
     from bench.report import latency_summary_us
 
     store = cluster.local
     cluster.ensure_leader()
     region_ids = cluster.region_of_prefix()
-    puts = [store.rawstores[rid].raw_put for rid in region_ids]
+    rawstores = [store.rawstores[rid] for rid in region_ids]
+    puts = [r.raw_put for r in rawstores]
     n_regions = len(puts)
+    threads = inflight if load == "threads" else max(1, min(client_threads, inflight))
     # Thread t, operation i: Region (t + i) mod R, key = that Region's first
     # two digits + phase + thread + counter: 16 bytes, never written before.
     prefixes = [
-        [p + _keys_prefix(phase, t) for p in cluster.split_prefixes()] for t in range(inflight)
+        [p + _keys_prefix(phase, t) for p in cluster.split_prefixes()] for t in range(threads)
     ]
     mask = VALUE_POOL - 1
-
-    def op(t: int, i: int) -> None:
-        r = (t + i) % n_regions
-        puts[r](prefixes[t][r] + b"%08x" % i, values[i & mask])
-
     label = f"raft {n_regions} Region{'s' * (n_regions > 1)}: {inflight} in flight"
-    run = h.run(label, inflight, op)
+    if load == "threads":
+
+        def op(t: int, i: int) -> None:
+            r = (t + i) % n_regions
+            puts[r](prefixes[t][r] + b"%08x" % i, values[i & mask])
+
+        run = h.run(label, inflight, op)
+        how = f"{inflight} client thread(s), each a blocking RawStore.raw_put after another"
+    else:
+        peers = [store.peers[rid] for rid in region_ids]
+
+        def start_op(t: int, i: int, done: Callable[[Exception | None], None]) -> None:
+            r = (t + i) % n_regions
+            _, batch = rawstores[r].put_batch([(prefixes[t][r] + b"%08x" % i, values[i & mask])])
+            peers[r].propose_write_async(batch, lambda _res, err: done(err))
+
+        run = h.run_async(label, threads, inflight, start_op)
+        how = (
+            f"{inflight} in flight from {threads} client thread(s): each builds the put "
+            "with RawStore.put_batch (the raw_put encoding) and proposes it with "
+            "Peer.propose_write_async, starting a new write as each one's callback "
+            "arrives; no latches are taken (every key is new, raw_put's latch would never "
+            "wait); latency = proposal to callback"
+        )
     b, a = run.before, run.after
     result = Result(
         id=f"raft.r{n_regions}.inflight{inflight}",
@@ -660,6 +816,9 @@ def _bench_cluster(
         cpu_followers_s=a.cpu_followers_s - b.cpu_followers_s,
         baseline=f"baseline.fsync_put.t{inflight}",
     )
+    result.load = load
+    result.client_threads = threads
+    result.notes.append(f"load: {how}")
     if run.errors:
         result.notes.append(f"{run.errors} writes failed, first: {run.first_error}")
     return result
@@ -772,7 +931,8 @@ EXPLANATION = (
     "Each write is one raw put of a fresh 16-byte key (100-byte value) on the leader, "
     "store 1, which runs in the benchmark process; stores 2 and 3 are separate processes. "
     "It returns once the write is committed by a majority (each replica's Raft log fsync'd "
-    "before it counts) and applied on the leader. In flight = client threads. "
+    "before it counts) and applied on the leader. The Notes say how each row's writes in "
+    "flight were generated. "
     "writes/entry = writes per Raft log entry (group commit; from the Regions' applied "
     "index); writes/fsync = writes per fsync of the leader's Raft log. CPU = CPU time over "
     "wall time (100% = one core) of the leader process (client threads included) and of the "
@@ -910,7 +1070,17 @@ def run(args: argparse.Namespace) -> int:
                     )
                     for inflight in inflights:
                         phase += 1
-                        results.append(_bench_cluster(hc, cluster, inflight, phase, values))
+                        results.append(
+                            _bench_cluster(
+                                hc,
+                                cluster,
+                                inflight,
+                                phase,
+                                values,
+                                args.load,
+                                args.client_threads,
+                            )
+                        )
                 finally:
                     cluster.close()
             phase += 1
@@ -958,6 +1128,8 @@ def run(args: argparse.Namespace) -> int:
             "regions": region_counts,
             "inflight": inflights,
             "baseline_threads": baseline_threads,
+            "load": args.load,
+            "client_threads": args.client_threads,
             "stores": 1 + len(FOLLOWER_IDS),
             "seed": args.seed,
             "quick": args.quick,

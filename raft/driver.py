@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -105,6 +106,7 @@ class RaftDriver:
         self.hub.bind()
         self.raft_addr = self.hub.self_addr  # the real port if 0 was asked for
         self._deferred: list[Callable[[], None]] = []
+        self._appends: dict[RaftGroup, None] = {}  # groups whose appends are due (ordered)
         self._calls: list[tuple[Callable[[], Any], threading.Event, list[Any]]] = []
         self._calls_lock = threading.Lock()
         self._loop_cv = threading.Condition()
@@ -175,6 +177,17 @@ class RaftDriver:
         """Run ``fn`` right after the next log flush (driver thread only)."""
         self._deferred.append(fn)
 
+    def _want_appends(self, group: RaftGroup) -> None:
+        """Driver thread: send ``group``'s appends at the end of this loop's
+        ticks (see ``_Replica._SyncObj__sendAppendEntries``)."""
+        self._appends[group] = None
+
+    def _send_appends(self) -> None:
+        while self._appends:
+            groups, self._appends = self._appends, {}
+            for g in groups:
+                g.obj._send_appends_now()
+
     def wake(self) -> None:
         with contextlib.suppress(BlockingIOError):  # a full pipe: the driver is awake anyway
             os.write(self._wake_w, b"x")
@@ -227,8 +240,11 @@ class RaftDriver:
         for g in groups:
             g._drain()
         self.hub.tick()
+        now = time.monotonic()
         for g in groups:
             g.obj.doTick(0.0)
+            g._expire(now)
+        self._send_appends()
         self._flush()
         self._poller.poll(self.idle_wait)
         with self._loop_cv:

@@ -15,6 +15,7 @@ every entry of earlier terms: until then its state may lag the log.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import pickle
 import struct
@@ -32,6 +33,8 @@ from raft.transport import transport_class
 
 if TYPE_CHECKING:
     from raft.driver import RaftDriver
+
+log = logging.getLogger(__name__)
 
 BARRIER = b""  # an empty command: applied as a no-op, proves leadership
 
@@ -56,6 +59,9 @@ def _durable_replace(src: str, dst: str) -> bool:
 
 
 _serializer.atomicReplace = _durable_replace  # the module-level seam the Serializer uses
+
+
+_EXPIRY_CHECK_INTERVAL = 0.1  # seconds between two scans for timed-out proposals
 
 
 class ProposalError(Exception):
@@ -93,18 +99,38 @@ class SnapshotMachine(StateMachine, Protocol):
         ...
 
 
-class _Proposal:
-    __slots__ = ("command", "error", "event", "result")
+ProposalCallback = Callable[[Any, "ProposalError | None"], None]
 
-    def __init__(self, command: bytes) -> None:
+
+class _Proposal:
+    """One proposal: a waiting caller's (``event``) or a callback's."""
+
+    __slots__ = ("callback", "command", "deadline", "error", "event", "finished", "result")
+
+    def __init__(
+        self, command: bytes, deadline: float, callback: ProposalCallback | None = None
+    ) -> None:
         self.command = command
-        self.event = threading.Event()
+        self.deadline = deadline
+        self.callback = callback
+        self.event = threading.Event() if callback is None else None
         self.result: Any = None
         self.error: ProposalError | None = None
+        self.finished = False
 
     def done(self, result: Any, error: ProposalError | None) -> None:
+        if self.finished:  # e.g. the result of a proposal already timed out
+            return
+        self.finished = True
         self.result, self.error = result, error
-        self.event.set()
+        if self.event is not None:
+            self.event.set()
+        else:
+            assert self.callback is not None
+            try:
+                self.callback(result, error)
+            except Exception:  # a caller's bug must not break the driver loop
+                log.exception("proposal callback failed")
 
 
 class _Replica(SyncObj):  # type: ignore[misc]
@@ -143,6 +169,19 @@ class _Replica(SyncObj):  # type: ignore[misc]
         args = self._group._pending_acks.pop(node, None)
         if args is not None and not self._group.destroyed:
             super()._SyncObj__sendNextNodeIdx(node, *args)
+
+    # pysyncobj sends appends right away wherever it wants them sent: after
+    # an apply (to spread the commit index) and again for each new entry, so
+    # a write cost two messages per follower. The driver sends them once per
+    # loop instead, after every group has ticked and before the log flush
+    # (followers write the entries while we do): one message per follower
+    # carries the new entries and the commit index together.
+    def _SyncObj__sendAppendEntries(self) -> None:
+        self._group._driver._want_appends(self._group)
+
+    def _send_appends_now(self) -> None:
+        if not self._group.destroyed:
+            super()._SyncObj__sendAppendEntries()
 
     # Acknowledgements reach the leader after it has already sent further
     # entries; pysyncobj would then move nextIndex back and resend (and make
@@ -190,6 +229,7 @@ class RaftGroup:
         self._pending: list[_Proposal] = []
         self._pending_lock = threading.Lock()
         self._in_flight: dict[int, list[_Proposal]] = {}
+        self._next_expiry = 0.0
         self._pending_acks: dict[Any, tuple[bool, int, bool]] = {}
         self.last_applied_index = 0
         self.destroyed = False
@@ -255,17 +295,39 @@ class RaftGroup:
         """
         if not self.is_ready_leader():
             raise ProposalError("not leader", unknown=False, leader=self.leader())
-        p = _Proposal(command)
-        with self._pending_lock:
-            first = not self._pending
-            self._pending.append(p)
-        if first:
-            self._driver.wake()
-        if not p.event.wait(timeout if timeout is not None else self.config.proposal_timeout):
+        wait = timeout if timeout is not None else self.config.proposal_timeout
+        p = _Proposal(command, time.monotonic() + wait)
+        self._enqueue(p)
+        assert p.event is not None
+        if not p.event.wait(wait):
             raise ProposalError("proposal timed out", unknown=True, leader=self.leader())
         if p.error is not None:
             raise p.error
         return p.result
+
+    def propose_async(
+        self, command: bytes, callback: ProposalCallback, timeout: float | None = None
+    ) -> None:
+        """Like :meth:`propose`, without waiting: ``callback(result, error)``
+        is called exactly once, with the state machine's result or a
+        :class:`ProposalError` (same meaning as :meth:`propose`'s). It runs in
+        the driver thread, so it must be quick and must not wait for the
+        driver (no :meth:`propose`, :meth:`RaftDriver.call` in it;
+        :meth:`propose_async` is fine); a rejection (not the ready leader) is
+        called back at once in the caller's thread. One thread can keep many
+        proposals in flight this way, without a thread hand-off each."""
+        if not self.is_ready_leader():
+            callback(None, ProposalError("not leader", unknown=False, leader=self.leader()))
+            return
+        wait = timeout if timeout is not None else self.config.proposal_timeout
+        self._enqueue(_Proposal(command, time.monotonic() + wait, callback))
+
+    def _enqueue(self, p: _Proposal) -> None:
+        with self._pending_lock:
+            first = not self._pending
+            self._pending.append(p)
+        if first:  # later ones find the driver woken already
+            self._driver.wake()
 
     def read_barrier(self, timeout: float | None = None) -> None:
         """Return once a no-op proposed *after* this call is applied here as
@@ -273,6 +335,20 @@ class RaftGroup:
         and we were leader when the barrier committed (linearizable reads
         without a lease). Concurrent readers share one barrier entry."""
         self.propose(BARRIER, timeout)
+
+    def _expire(self, now: float) -> None:
+        """Driver thread: fail proposals past their deadline (unknown
+        outcome). A waiting caller times out by itself; a callback has no one
+        else to tell it."""
+        if now < self._next_expiry:
+            return
+        self._next_expiry = now + _EXPIRY_CHECK_INTERVAL
+        for key, batch in list(self._in_flight.items()):
+            if all(p.finished or p.deadline <= now for p in batch):
+                del self._in_flight[key]
+            for p in batch:
+                if p.deadline <= now:
+                    p.done(None, ProposalError("proposal timed out", unknown=True))
 
     def _drain(self) -> None:
         """Driver thread: turn queued proposals into one log entry."""

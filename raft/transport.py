@@ -25,7 +25,10 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import pickle
 import socket
+import struct
+import zlib
 from typing import Any
 
 from pysyncobj.monotonic import monotonic as monotonic_time
@@ -52,6 +55,47 @@ def _never_idle_out(conn: TcpConnection) -> None:
     tore every link down every few seconds. A dead peer is still noticed: a
     send to it fails, and Raft's own timers handle silence."""
     conn._TcpConnection__timeout = float("inf")
+
+
+_STORED_BLOCK = struct.Struct("<BHH")
+_MAX_STORED = 0xFFFF
+
+
+def _zlib_stored(data: bytes) -> bytes:
+    """``data`` as a zlib stream of stored (uncompressed) blocks: what
+    pysyncobj's receiving side decompresses, without compressing. Its sender
+    calls ``zlib.compress`` per message, and that costs ~100 µs even for a
+    300-byte message (the deflate state is 256 KiB, allocated and faulted in
+    every call): 4 messages per replicated write, more than all the Raft
+    logic of the write. Raft messages between stores stay uncompressed, as in
+    TiKV."""
+    out: list[bytes | memoryview] = [
+        b"\x78\x01"
+    ]  # deflate, 32 KiB window, no dictionary; header % 31 == 0
+    view = memoryview(data)
+    pos, n = 0, len(data)
+    while True:
+        chunk = view[pos : pos + _MAX_STORED]
+        pos += len(chunk)
+        out.append(_STORED_BLOCK.pack(pos >= n, len(chunk), len(chunk) ^ 0xFFFF))
+        out.append(chunk)
+        if pos >= n:
+            break
+    out.append(struct.pack(">I", zlib.adler32(data)))
+    return b"".join(out)
+
+
+class _Connection(TcpConnection):  # type: ignore[misc]
+    """pysyncobj's connection, with a cheaper ``send`` (same wire format)."""
+
+    def send(self, message: Any) -> None:
+        if self.sendRandKey:
+            message = (self.sendRandKey, message)
+        data = _zlib_stored(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+        if self.encryptor:
+            data = self.encryptor.encrypt_at_time(data, int(monotonic_time()))
+        self._TcpConnection__writeBuffer += struct.pack("i", len(data)) + data
+        self._TcpConnection__trySendBuffer()
 
 
 class _Link:
@@ -122,7 +166,7 @@ class StoreTransportHub:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.buffer_size)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.buffer_size)
             sock.setblocking(False)
-            conn = TcpConnection(
+            conn = _Connection(
                 poller=self.poller,
                 socket=sock,
                 timeout=self.timeout,
@@ -167,7 +211,7 @@ class StoreTransportHub:
             self._dial(link)
 
     def _dial(self, link: _Link) -> None:
-        conn = TcpConnection(
+        conn = _Connection(
             poller=self.poller,
             timeout=self.timeout,
             sendBufferSize=self.buffer_size,

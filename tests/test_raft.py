@@ -10,12 +10,13 @@ import socket
 import struct
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from raft import ProposalError, RaftGroup
+from raft import ProposalError, RaftConfig, RaftGroup
 from tests.raft_helpers import Node, leader_of, make_nodes, propose, wait_for
 
 
@@ -61,6 +62,78 @@ def test_concurrent_proposals_share_log_entries(cluster: list[Node]) -> None:
     assert len(m.applied) >= n_threads * per
     # Group commit: far fewer log entries than commands.
     assert len(entries) < n_threads * per / 2
+
+
+def test_one_thread_keeps_many_async_proposals_in_flight(cluster: list[Node]) -> None:
+    leader = leader_of(cluster, 1)
+    n = 300
+    results: dict[int, Any] = {}
+    errors: list[ProposalError] = []
+    threads: set[str] = set()
+    all_done = threading.Event()
+
+    def callback(i: int) -> Callable[[Any, ProposalError | None], None]:
+        def done(result: Any, err: ProposalError | None) -> None:
+            threads.add(threading.current_thread().name)
+            if err is not None:
+                errors.append(err)
+            results[i] = result
+            if len(results) == n:
+                all_done.set()
+
+        return done
+
+    for i in range(n):
+        leader.propose_async(b"a%d" % i, callback(i))
+    assert all_done.wait(30)
+    assert not errors
+    # Each proposal got its own result (its position in the apply order).
+    assert sorted(results.values()) == sorted(set(results.values()))
+    assert threads == {f"{leader._driver._thread.name}"}  # called back in the driver
+    m = next(nd for nd in cluster if nd.groups[1] is leader).machines[1]
+    applied = [c for _, c in m.applied]
+    assert sorted(applied) == sorted(b"a%d" % i for i in range(n))
+    assert len({i for i, _ in m.applied}) < n / 2  # group commit
+
+
+def test_async_proposal_on_a_follower_is_refused_at_once(cluster: list[Node]) -> None:
+    leader = leader_of(cluster, 1)
+    follower = next(n.groups[1] for n in cluster if n.groups[1] is not leader)
+    got: list[ProposalError | None] = []
+    follower.propose_async(b"nope", lambda _r, err: got.append(err))
+    assert len(got) == 1  # in this thread, before propose_async returned
+    err = got[0]
+    assert err is not None and err.unknown is False and err.leader == leader.self_addr
+
+
+def test_async_proposal_that_cannot_commit_times_out_as_unknown(tmp_path: Path) -> None:
+    # A leader that keeps leading (no step-down) while its followers are gone:
+    # nothing ever calls the proposal back but the driver's deadline.
+    nodes = make_nodes(tmp_path, 3)
+    addrs = [n.addr for n in nodes]
+    cfg = RaftConfig(leader_step_down_timeout=60.0)
+    try:
+        for n in nodes:
+            n.host(1, addrs, cfg=cfg)
+        leader = leader_of(nodes, 1)
+        for n in nodes:
+            if n.groups[1] is not leader:
+                n.stop()
+        got: list[ProposalError | None] = []
+        done = threading.Event()
+
+        def callback(_r: Any, err: ProposalError | None) -> None:
+            got.append(err)
+            done.set()
+
+        leader.propose_async(b"lost", callback, timeout=0.3)
+        assert done.wait(10)
+        err = got[0]
+        assert err is not None and err.unknown is True
+    finally:
+        for n in nodes:
+            if not n.driver._stop:
+                n.stop()
 
 
 def test_follower_refuses_proposals_without_proposing(cluster: list[Node]) -> None:
@@ -344,7 +417,7 @@ def test_a_link_that_stops_draining_is_dropped(monkeypatch: pytest.MonkeyPatch) 
 
         wait_for(linked, what="link up")
         conn = hub.links[peer].conn
-        payload = os.urandom(65536)  # incompressible: frames are zlib-compressed
+        payload = os.urandom(65536)
         for _ in range(64):  # ~4 MiB the peer never reads
             hub.send(peer, 1, 1, payload)
             poller.poll(0)

@@ -228,6 +228,37 @@ class Peer:
             raise result
         return result
 
+    def propose_async(self, data: bytes, callback: Callable[[Any, Exception | None], None]) -> None:
+        """:meth:`propose` without waiting: ``callback(result, error)`` gets
+        the result or the error :meth:`propose` would raise, in the Raft
+        driver thread (see :meth:`raft.RaftGroup.propose_async`)."""
+
+        def done(result: Any, err: ProposalError | None) -> None:
+            if err is not None:
+                if err.unknown:
+                    callback(None, ProposalDroppedError(self.region.id, err.reason))
+                else:
+                    callback(None, self.not_leader(err.leader))
+            elif isinstance(result, Exception):
+                callback(None, result)
+            else:
+                callback(result, None)
+
+        group = self.group
+        if group is None:
+            callback(None, NotLeaderError(self.region.id))
+            return
+        group.propose_async(data, done)
+
+    def propose_write_async(
+        self,
+        batch: WriteBatch,
+        callback: Callable[[Any, Exception | None], None],
+        epoch: RegionEpoch | None = None,
+    ) -> None:
+        data = raftcmd.encode_write(self.region.id, epoch or self.region.epoch, batch)
+        self.propose_async(data, callback)
+
     def propose_write(self, batch: WriteBatch, epoch: RegionEpoch | None = None) -> None:
         self.propose(raftcmd.encode_write(self.region.id, epoch or self.region.epoch, batch))
 

@@ -114,6 +114,17 @@ class RawStore:
         self.raw_batch_put([(key, value)], ttl)
 
     def raw_batch_put(self, pairs: Iterable[tuple[bytes, bytes]], ttl: int | None = None) -> None:
+        keys, batch = self.put_batch(pairs, ttl)
+        if not keys:
+            return
+        with self.latches.acquire(keys):
+            self._write(batch)
+
+    def put_batch(
+        self, pairs: Iterable[tuple[bytes, bytes]], ttl: int | None = None
+    ) -> tuple[list[bytes], WriteBatch]:
+        """The encoded keys and the write batch of a batch put, validated but
+        not written (for a caller that writes it another way)."""
         ttl = _check_ttl(ttl)
         batch = WriteBatch()
         keys = []
@@ -126,10 +137,7 @@ class RawStore:
             ek = codec.raw_key(k)
             keys.append(ek)
             batch.put(CF_DEFAULT, ek, self._encode_value(v, ttl))
-        if not keys:
-            return
-        with self.latches.acquire(keys):
-            self._write(batch)
+        return keys, batch
 
     def raw_delete(self, key: bytes) -> None:
         validate_key(key)
