@@ -88,9 +88,11 @@ def generate_certs(
     paths = {"ca": out / "ca.pem", "ca_key": out / "ca-key.pem"}
     _write(paths["ca"], ca.public_bytes(serialization.Encoding.PEM))
     _write(paths["ca_key"], _key_pem(ca_key))
-    for role, usage in (
-        ("server", ExtendedKeyUsageOID.SERVER_AUTH),
-        ("client", ExtendedKeyUsageOID.CLIENT_AUTH),
+    # Servers call each other too (a store or PD follower calls the PD
+    # leader), so their certificate is good for both ends of a connection.
+    for role, usages in (
+        ("server", [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+        ("client", [ExtendedKeyUsageOID.CLIENT_AUTH]),
     ):
         key = ec.generate_private_key(ec.SECP256R1())
         builder = (
@@ -102,7 +104,7 @@ def generate_certs(
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         )
         if role == "server":
             builder = builder.add_extension(
