@@ -20,7 +20,9 @@ e. ``htapkv cluster up/status/down`` as a user runs them, and ``up`` again on
 f. 3 PD nodes: SIGKILL the PD leader during a transactional load: the
    clients carry on and commit timestamps stay strictly increasing;
 g. mutual TLS on every process: clients with a certificate work, PD and
-   stores refuse a client without one.
+   stores refuse a client without one;
+h. the stores' GC workers follow PD's safe point (old versions go, a read
+   below the safe point fails), as their Prometheus metrics show.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,7 +43,7 @@ import pytest
 import kvstore
 from kvstore.client.pd_client import PdClient
 from kvstore.client.routing import new_channel
-from kvstore.errors import KVError, PdUnavailableError
+from kvstore.errors import GcTooEarlyError, KVError, PdUnavailableError
 from kvstore.proto.rpc import KV_METHODS
 from kvstore.proto.tls import TlsConfig
 from kvstore.server.certs import generate_certs
@@ -371,3 +374,45 @@ def test_cluster_with_mutual_tls(
                 assert e.value.code() == grpc.StatusCode.UNAVAILABLE
             finally:
                 ch.close()
+
+
+# --------------------------------------------------------------------------- h
+def _metric(addr: str, name: str) -> float:
+    text = urllib.request.urlopen(f"http://{addr}/metrics", timeout=5).read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    )
+
+
+def test_gc_worker_follows_pd_safe_point_and_metrics_show_it(
+    cluster_factory: Callable[..., LocalCluster],
+) -> None:
+    cluster = cluster_factory(
+        stores=3, store_args=["--gc-interval", "0.3"], pd_args=["--gc-life-time", "1"]
+    )
+    with cluster.connect() as client:
+        old = client.begin()
+        for i in range(5):
+            with client.begin() as t:
+                t.put(b"gc/key", b"v%d" % i)
+        stores = [p for p in cluster.processes() if p.role == "store"]
+        assert all(_metric(p.status_addr, "htapkv_store_regions") >= 1 for p in stores)
+        # PD moves the safe point to now - 1 s; the leader's GC worker drops
+        # the 4 overwritten versions.
+        wait_for(
+            lambda: (
+                sum(
+                    _metric(p.status_addr, "htapkv_pd_worker_gc_versions_removed_total")
+                    for p in stores
+                )
+                >= 4
+            ),
+            60,
+            "GC to remove the old versions",
+        )
+        with pytest.raises(GcTooEarlyError):
+            old.get(b"gc/key")
+        with client.begin() as t:
+            assert t.get(b"gc/key") == b"v4"

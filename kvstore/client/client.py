@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from kvstore.client.backend import KvBackend, TsoBackend
 from kvstore.client.lock_resolver import LockResolver
 from kvstore.client.raw import RawClient
 from kvstore.client.txn import Transaction, TtlManager, backoff_sleep, run_transaction
-from kvstore.errors import ClosedError, InvalidArgumentError, KeyIsLockedError
+from kvstore.errors import ClosedError, InvalidArgumentError, KeyIsLockedError, KVError
 from kvstore.types import TS_MAX
 
 T = TypeVar("T")
@@ -53,6 +55,22 @@ class Client:
         self._on_close = on_close
         self._closed = False
         self._close_lock = threading.Lock()
+        self._committer = ThreadPoolExecutor(2, thread_name_prefix="txn-secondaries")
+
+    def commit_secondaries(self, keys: list[bytes], start_ts: int, commit_ts: int) -> None:
+        """Commit a committed transaction's secondary keys in the background
+        (TiKV's client does the same): the caller's commit has already
+        returned. Failures are harmless: a reader that meets a leftover lock
+        finds the primary's commit record and commits the key itself."""
+
+        def run() -> None:
+            with contextlib.suppress(KVError):
+                self.backend.kv_commit(keys, start_ts, commit_ts)
+
+        try:
+            self._committer.submit(run)
+        except RuntimeError:  # closing: do it here and now
+            run()
 
     # ---------------------------------------------------------------- API
     def begin(self) -> Transaction:
@@ -123,6 +141,10 @@ class Client:
             if self._closed:
                 return
             self._closed = True
+        # Secondaries still being committed finish first: the transactions
+        # are committed either way, but leaving their locks behind would make
+        # the next readers resolve them.
+        self._committer.shutdown(wait=True)
         self.ttl_manager.close()
         if self._on_close is not None:
             self._on_close()

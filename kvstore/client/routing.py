@@ -42,6 +42,8 @@ transactional and raw keys live in the same Regions, in different key spaces.
 from __future__ import annotations
 
 import bisect
+import concurrent.futures
+import dataclasses
 import random
 import threading
 import time
@@ -93,6 +95,10 @@ RECONNECT_OPTIONS: list[tuple[str, int]] = [
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
+
+# Threads that run the per-Region parts of one call (a prewrite or batch read
+# touching many Regions) at once.
+FAN_OUT_THREADS = 16
 
 # gRPC status codes that say "this store did not answer": try elsewhere.
 _UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -522,12 +528,17 @@ class RoutedKvBackend(KvBackend):
         self._stubs: dict[int, tuple[str, grpc.Channel, GrpcKvBackend]] = {}
         self._suspect: dict[int, float] = {}  # store id -> when it last failed to answer
         self._closed = threading.Event()
+        # Per-Region requests of one call run in parallel here.
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            FAN_OUT_THREADS, thread_name_prefix="kv-fan-out"
+        )
         self.stats: Counter[str] = Counter()  # what the retries met, for tests and metrics
 
     # ------------------------------------------------------------ lifecycle
     def close(self) -> None:
         """Close every channel; calls in progress fail with ClosedError."""
         self._closed.set()
+        self._pool.shutdown(wait=True)
         with self._mu:
             stubs, self._stubs = list(self._stubs.values()), {}
         for _, ch, stub in stubs:
@@ -762,8 +773,10 @@ class RoutedKvBackend(KvBackend):
         op: _Op,
         first: bytes | None = None,
     ) -> list[Any]:
-        """Split ``keys`` by Region and run ``call`` once per Region (the one
-        holding encoded key ``first`` first). Results in Region order."""
+        """Split ``keys`` by Region and run ``call`` once per Region: the
+        Region holding encoded key ``first`` alone first (a prewrite's primary
+        must be locked before any secondary), then the others in parallel.
+        Results in Region order."""
         results: list[Any] = []
         pending = list(keys)
         while pending:
@@ -779,13 +792,55 @@ class RoutedKvBackend(KvBackend):
                 ),
             )
             pending = []
-            for loc, ks in order:
+            if first is not None and order[0][0].region.contains(first):
+                head, order = order[:1], order[1:]
+            else:
+                head = []
+            for loc, ks in head:
                 out = self._in_region(loc, _bind(call, ks), op, encode(ks[0]))
                 if out is _REGROUP:
                     pending.extend(ks)
                 else:
                     results.append(out)
+            for (_, ks), out in zip(order, self._fan_out(order, encode, call, op), strict=True):
+                if out is _REGROUP:
+                    pending.extend(ks)
+                else:
+                    results.append(out)
         return results
+
+    def _fan_out(
+        self,
+        groups: list[tuple[RegionLocation, list[T]]],
+        encode: Callable[[T], bytes],
+        call: Callable[[GrpcKvBackend, list[T]], Any],
+        op: _Op,
+    ) -> list[Any]:
+        """Run one call per Region group, in parallel when there are several;
+        each gets its own retry state under the same deadline. The first
+        error is raised once every group has finished (none is left running
+        behind the caller's back)."""
+        if len(groups) <= 1:
+            return [self._in_region(loc, _bind(call, ks), op, encode(ks[0])) for loc, ks in groups]
+        subs = [
+            dataclasses.replace(
+                op, backoffs=Counter(), tried={}, rng=random.Random(op.rng.random())
+            )
+            for _ in groups
+        ]
+        futures = [
+            self._pool.submit(self._in_region, loc, _bind(call, ks), sub, encode(ks[0]))
+            for (loc, ks), sub in zip(groups, subs, strict=True)
+        ]
+        concurrent.futures.wait(futures)
+        for sub in subs:
+            op.maybe_applied |= sub.maybe_applied
+            op.last_error = sub.last_error or op.last_error
+        for f in futures:
+            err = f.exception()
+            if err is not None:
+                raise err
+        return [f.result() for f in futures]
 
     def _walk(
         self,

@@ -185,11 +185,10 @@ class Transaction:
         self._state = _COMMITTED
         if stop_after == "primary" or not secondaries:
             return
-        # The transaction is committed whatever happens here: a reader meeting
-        # a leftover secondary lock finds the primary's commit record and
-        # finishes the job.
-        with contextlib.suppress(KVError):
-            c.backend.kv_commit(secondaries, self.start_ts, commit_ts)
+        # The transaction is committed whatever happens to these: a reader
+        # meeting a leftover secondary lock finds the primary's commit record
+        # and finishes the job. So they go in the background.
+        c.commit_secondaries(secondaries, self.start_ts, commit_ts)
 
     def _prewrite(self, mutations: list[Mutation], primary: bytes, ttl: int) -> None:
         c = self._client
