@@ -22,7 +22,10 @@ f. 3 PD nodes: SIGKILL the PD leader during a transactional load: the
 g. mutual TLS on every process: clients with a certificate work, PD and
    stores refuse a client without one;
 h. the stores' GC workers follow PD's safe point (old versions go, a read
-   below the safe point fails), as their Prometheus metrics show.
+   below the safe point fails), as their Prometheus metrics show;
+i. bad input to the processes: an unknown Region id gets RegionNotFound,
+   garbage bytes get typed INVALID_ARGUMENT answers from stores and PD, an
+   oversized message RESOURCE_EXHAUSTED; everything still serves after.
 """
 
 from __future__ import annotations
@@ -41,13 +44,29 @@ import grpc
 import pytest
 
 import kvstore
+from kvstore.client.grpc_backend import GrpcKvBackend
 from kvstore.client.pd_client import PdClient
 from kvstore.client.routing import new_channel
-from kvstore.errors import GcTooEarlyError, KVError, PdUnavailableError
-from kvstore.proto.rpc import KV_METHODS
+from kvstore.errors import (
+    GcTooEarlyError,
+    InvalidArgumentError,
+    KVError,
+    PdUnavailableError,
+    RegionNotFoundError,
+)
+from kvstore.proto import kvrpcpb_pb2, pdpb_pb2
+from kvstore.proto.convert import RequestContext
+from kvstore.proto.rpc import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    KV_METHODS,
+    KV_SERVICE,
+    PD_SERVICE,
+    channel_options,
+)
 from kvstore.proto.tls import TlsConfig
 from kvstore.server.certs import generate_certs
 from kvstore.server.cluster import LocalCluster
+from kvstore.types import Peer, RegionEpoch
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -416,3 +435,41 @@ def test_gc_worker_follows_pd_safe_point_and_metrics_show_it(
             old.get(b"gc/key")
         with client.begin() as t:
             assert t.get(b"gc/key") == b"v4"
+
+
+# --------------------------------------------------------------------------- i
+def test_bad_input_against_cluster_processes(cluster_factory: Callable[..., LocalCluster]) -> None:
+    cluster = cluster_factory(stores=3)
+    store = next(p for p in cluster.processes() if p.role == "store")
+    # An unknown Region id: a typed RegionNotFound, not a crash.
+    unknown = RequestContext(987654321, RegionEpoch(1, 1), Peer(1, store.store_id))
+    backend = GrpcKvBackend(store.addr, lambda: unknown)
+    try:
+        with pytest.raises(RegionNotFoundError):
+            backend.raw_get(b"k")
+    finally:
+        backend.close()
+    # Garbage bytes to a store and to PD: typed INVALID_ARGUMENT answers.
+    garbage = b"\xff\xfe\x00\x01garbage\x80\x80\x80"
+    with grpc.insecure_channel(store.addr, options=channel_options()) as ch:
+        resp = kvrpcpb_pb2.RawPutResponse.FromString(
+            ch.unary_unary(f"/{KV_SERVICE}/RawPut")(garbage, timeout=10)
+        )
+        assert resp.error.WhichOneof("kind") == "invalid_argument"
+        # A message over the server's limit: RESOURCE_EXHAUSTED, nothing written.
+        big = kvrpcpb_pb2.RawPutRequest(key=b"big", value=b"x" * (DEFAULT_MAX_MESSAGE_BYTES + 1))
+        with pytest.raises(grpc.RpcError) as info:
+            ch.unary_unary(f"/{KV_SERVICE}/RawPut")(big.SerializeToString(), timeout=30)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    with grpc.insecure_channel(cluster.pd_addrs[0], options=channel_options()) as ch:
+        resp_pd = pdpb_pb2.GetRegionResponse.FromString(
+            ch.unary_unary(f"/{PD_SERVICE}/GetRegion")(garbage, timeout=10)
+        )
+        assert resp_pd.header.error.type == pdpb_pb2.INVALID_ARGUMENT
+    # Every process is still serving.
+    with cluster.connect() as client:
+        client.raw.put(b"still", b"here")
+        assert client.raw.get(b"still") == b"here"
+        assert client.raw.get(b"big") is None
+        with pytest.raises(InvalidArgumentError):
+            client.raw.put(b"k" * 5000, b"v")  # keys are limited to 4 KiB
