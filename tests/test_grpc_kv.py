@@ -426,3 +426,59 @@ def test_the_server_stops_cleanly(tmp_path: Path) -> None:
     kv.raw_put(b"k", b"v")
     kv.close()
     assert proc.stop() == 0, proc.log_tail()
+
+
+class PutRecorder(EmbeddedHandler):
+    """Records how RawPuts reach the handler; fails them on demand."""
+
+    def __init__(self) -> None:
+        super().__init__(EmbeddedStore(MemoryEngine(), durable=False))
+        self.batches: list[list[tuple[bytes, bytes]]] = []
+        self.raise_: BaseException | None = None
+
+    def raw_batch_put(self, ctx: Any, pairs: Any, ttl: int | None = None) -> None:
+        pairs = list(pairs)
+        self.batches.append(pairs)
+        if self.raise_ is not None:
+            raise self.raise_
+        super().raw_batch_put(ctx, pairs, ttl)
+
+
+def test_batched_raw_puts_to_one_region_are_coalesced() -> None:
+    handler = PutRecorder()
+    bound = serve(handler, "127.0.0.1:0")
+    try:
+        with grpc.insecure_channel(bound.address, options=channel_options()) as ch:
+            stream = ch.stream_stream(
+                f"/{KV_SERVICE}/BatchCommands",
+                request_serializer=tikvpb_pb2.BatchCommandsRequest.SerializeToString,
+                response_deserializer=tikvpb_pb2.BatchCommandsResponse.FromString,
+            )
+
+            def send() -> list[Any]:
+                msg = tikvpb_pb2.BatchCommandsRequest(request_ids=[1, 2, 3, 4, 5])
+                for key in (b"a", b"b", b"", b"c"):  # b"": invalid, must fail alone
+                    msg.requests.add().RawPut.CopyFrom(
+                        kvrpcpb_pb2.RawPutRequest(key=key, value=b"v")
+                    )
+                msg.requests.add().RawGet.key = b"a"
+                (reply,) = list(stream(iter([msg]), timeout=10))
+                assert list(reply.request_ids) == [1, 2, 3, 4, 5]
+                return list(reply.responses)
+
+            r = send()
+            assert handler.batches == [[(b"a", b"v"), (b"b", b"v"), (b"c", b"v")]]
+            assert [x.RawPut.error.WhichOneof("kind") for x in r[:4]] == [
+                None,
+                None,
+                "invalid_argument",
+                None,
+            ]
+            assert handler.raw_get(None, b"c") == b"v"  # type: ignore[arg-type]
+            # A Region error reaches every coalesced request, typed.
+            handler.raise_ = NotLeaderError(1, leader_store_id=2, leader_peer_id=3)
+            r = send()
+            assert all(x.RawPut.region_error.HasField("not_leader") for x in (r[0], r[1], r[3]))
+    finally:
+        bound.stop(grace=None)
+        handler.store.close()

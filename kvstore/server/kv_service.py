@@ -73,7 +73,7 @@ from kvstore.proto.rpc import (
 )
 from kvstore.proto.tls import TlsConfig, add_port
 from kvstore.server.embedded import EmbeddedStore
-from kvstore.types import LockInfo, Mutation, TxnStatus
+from kvstore.types import LockInfo, Mutation, TxnStatus, validate_key, validate_value
 
 log = logging.getLogger(__name__)
 
@@ -609,16 +609,78 @@ class KvService:
         getattr(out, field).CopyFrom(resp)
         return out
 
+    def _run_raw_puts(
+        self, subs: list[tikvpb_pb2.BatchCommandsRequest.Request]
+    ) -> list[tikvpb_pb2.BatchCommandsResponse.Response]:
+        """Several RawPuts routed to the same Region with the same TTL, as
+        one ``raw_batch_put``: one latch round, one Raft proposal, one apply
+        (a write batch is atomic, and concurrent puts have no order to keep).
+        The outcome, a Region error included, is every request's outcome."""
+        first = subs[0].RawPut
+        outs = [tikvpb_pb2.BatchCommandsResponse.Response() for _ in subs]
+        try:
+            ctx = context_from_pb(first.context)
+            self.handler.raw_batch_put(
+                ctx, [(s.RawPut.key, s.RawPut.value) for s in subs], _ttl(first)
+            )
+        except KVError as e:
+            for out in outs:
+                set_error(out.RawPut, e)
+        except Exception as e:
+            log.exception("RawPut (coalesced) failed")
+            for out in outs:
+                out.status.code = grpc.StatusCode.INTERNAL.value[0]
+                out.status.message = f"RawPut: {type(e).__name__}: {e}"
+        else:
+            for out in outs:
+                out.RawPut.SetInParent()
+        return outs
+
+    @staticmethod
+    def _coalescable_puts(
+        msg: tikvpb_pb2.BatchCommandsRequest,
+    ) -> tuple[list[list[int]], list[int]]:
+        """Split ``msg``'s requests into groups of valid RawPuts sharing a
+        routing context and TTL (2 or more each) and everything else."""
+        groups: dict[bytes, list[int]] = {}
+        rest: list[int] = []
+        for i, sub in enumerate(msg.requests):
+            if sub.WhichOneof("cmd") != "RawPut":
+                rest.append(i)
+                continue
+            r = sub.RawPut
+            try:  # an invalid one runs alone, to get its own error
+                validate_key(r.key)
+                validate_value(r.value)
+            except KVError:
+                rest.append(i)
+                continue
+            ttl = b"|%d|%d" % (r.HasField("ttl"), r.ttl)
+            key = r.context.SerializeToString(deterministic=True) + ttl
+            groups.setdefault(key, []).append(i)
+        coalesced = []
+        for idxs in groups.values():
+            if len(idxs) >= 2:
+                coalesced.append(idxs)
+            else:
+                rest.extend(idxs)
+        rest.sort()
+        return coalesced, rest
+
     def _start_batch(
         self, msg: tikvpb_pb2.BatchCommandsRequest, done: Callable[[bytes], None]
     ) -> None:
-        """Run the requests of ``msg`` on the pool, in chunks of up to
-        ``batch_chunk`` run one after the other; ``done`` gets the serialized
-        response message when the last chunk finishes."""
+        """Run the requests of ``msg`` on the pool; ``done`` gets the
+        serialized response message when the last task finishes. RawPuts to
+        one Region are coalesced into one task (:meth:`_run_raw_puts`); the
+        rest run in chunks of up to ``batch_chunk`` consecutive requests."""
         n = len(msg.requests)
         results: list[tikvpb_pb2.BatchCommandsResponse.Response | None] = [None] * n
+        coalesced, rest = self._coalescable_puts(msg)
         step = self._batch_chunk
-        remaining = [(n + step - 1) // step]
+        tasks: list[list[int]] = [*coalesced]
+        tasks += [rest[lo : lo + step] for lo in range(0, len(rest), step)]
+        remaining = [len(tasks)]
         mu = threading.Lock()
 
         def finish() -> None:
@@ -626,19 +688,24 @@ class KvService:
             reply.responses.extend(r for r in results if r is not None)
             done(reply.SerializeToString())
 
-        def run(lo: int) -> None:
-            for i in range(lo, min(lo + step, n)):
-                results[i] = self._run_one(msg.requests[i])
+        def run(idxs: list[int], together: bool) -> None:
+            if together:
+                outs = self._run_raw_puts([msg.requests[i] for i in idxs])
+                for i, out in zip(idxs, outs, strict=True):
+                    results[i] = out
+            else:
+                for i in idxs:
+                    results[i] = self._run_one(msg.requests[i])
             with mu:
                 remaining[0] -= 1
                 last = remaining[0] == 0
             if last:
                 finish()
 
-        if n == 0:
+        if not tasks:
             finish()
-        for lo in range(0, n, step):
-            self._pool.submit(run, lo)
+        for k, idxs in enumerate(tasks):
+            self._pool.submit(run, idxs, k < len(coalesced))
 
     def _batch_commands(
         self, request_iterator: Iterator[bytes], context: grpc.ServicerContext

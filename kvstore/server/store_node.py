@@ -136,7 +136,16 @@ def _serve(args: argparse.Namespace, data: Path, pd: PdClient, tls: TlsConfig | 
         ),
     )
     kv_addrs: dict[int, str] = {}
-    bound = serve(RegionKvHandler(store), kv_addr, batch_chunk=1, tls=tls)
+    # Each batched request blocks its worker until its Raft entry commits, so
+    # the workers bound the proposals in flight: enough of them lets group
+    # commit merge many requests per entry.
+    bound = serve(
+        RegionKvHandler(store),
+        kv_addr,
+        batch_chunk=1,
+        batch_workers=args.batch_workers,
+        tls=tls,
+    )
     bound.server.add_generic_rpc_handlers((DebugService(store, kv_addrs).rpc_handler(),))
     metrics_server, status_bound = serve_metrics(status_addr, StoreCollector(store, worker))
     write_json_atomic(

@@ -145,6 +145,12 @@ def add_store_arguments(p: argparse.ArgumentParser) -> None:
         "--region-heartbeat", type=float, default=2.0, help="seconds between region heartbeats"
     )
     p.add_argument("--gc-interval", type=float, default=10.0, help="seconds between GC passes")
+    p.add_argument(
+        "--batch-workers",
+        type=int,
+        default=128,
+        help="threads running BatchCommands requests (bounds proposals in flight)",
+    )
     p.add_argument("--store-id", type=int, help="static mode (no --pd): this store's id")
     add_tls_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="interface for both ports")
