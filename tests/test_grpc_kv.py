@@ -462,9 +462,12 @@ def test_batched_raw_puts_to_one_region_are_coalesced() -> None:
                         kvrpcpb_pb2.RawPutRequest(key=key, value=b"v")
                     )
                 msg.requests.add().RawGet.key = b"a"
-                (reply,) = list(stream(iter([msg]), timeout=10))
-                assert list(reply.request_ids) == [1, 2, 3, 4, 5]
-                return list(reply.responses)
+                # Answers come as their tasks finish, in one or more replies.
+                by_id = {}
+                for reply in stream(iter([msg]), timeout=10):
+                    by_id.update(zip(reply.request_ids, reply.responses, strict=True))
+                assert sorted(by_id) == [1, 2, 3, 4, 5]
+                return [by_id[i] for i in sorted(by_id)]
 
             r = send()
             assert handler.batches == [[(b"a", b"v"), (b"b", b"v"), (b"c", b"v")]]
@@ -480,5 +483,43 @@ def test_batched_raw_puts_to_one_region_are_coalesced() -> None:
             r = send()
             assert all(x.RawPut.region_error.HasField("not_leader") for x in (r[0], r[1], r[3]))
     finally:
+        bound.stop(grace=None)
+        handler.store.close()
+
+
+class SlowKeyHandler(EmbeddedHandler):
+    """RawGet of b"slow" blocks until released."""
+
+    def __init__(self) -> None:
+        super().__init__(EmbeddedStore(MemoryEngine(), durable=False))
+        self.release = threading.Event()
+
+    def raw_get(self, ctx: Any, key: bytes) -> bytes | None:
+        if key == b"slow":
+            self.release.wait(30)
+        return super().raw_get(ctx, key)
+
+
+def test_a_slow_request_does_not_hold_up_its_message() -> None:
+    handler = SlowKeyHandler()
+    bound = serve(handler, "127.0.0.1:0", batch_chunk=1)
+    try:
+        with grpc.insecure_channel(bound.address, options=channel_options()) as ch:
+            stream = ch.stream_stream(
+                f"/{KV_SERVICE}/BatchCommands",
+                request_serializer=tikvpb_pb2.BatchCommandsRequest.SerializeToString,
+                response_deserializer=tikvpb_pb2.BatchCommandsResponse.FromString,
+            )
+            msg = tikvpb_pb2.BatchCommandsRequest(request_ids=[1, 2])
+            msg.requests.add().RawGet.key = b"slow"
+            msg.requests.add().RawGet.key = b"fast"
+            replies = stream(iter([msg]), timeout=30)
+            first = next(replies)
+            # The fast request's answer arrives while the slow one still waits.
+            assert list(first.request_ids) == [2] and not handler.release.is_set()
+            handler.release.set()
+            assert [list(r.request_ids) for r in replies] == [[1]]
+    finally:
+        handler.release.set()
         bound.stop(grace=None)
         handler.store.close()

@@ -144,6 +144,11 @@ class _Stream:
         self._window = threading.Semaphore(max_in_flight)
         self._q: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._pending: dict[int, _Pending] = {}
+        # The server answers a message's requests as they finish, possibly in
+        # several replies: a window slot frees once all of them are answered.
+        self._msg_of: dict[int, int] = {}  # request id -> message sequence
+        self._unanswered: dict[int, int] = {}  # message sequence -> requests left
+        self._msgs = itertools.count(1)
         self._ids = itertools.count(1)
         self._mu = threading.Lock()
         self.broken = False
@@ -189,9 +194,12 @@ class _Stream:
                         p.error = self._error
                         p.set_done()
                     return
+                seq = next(self._msgs)
+                self._unanswered[seq] = len(batch)
                 for p in batch:
                     rid = next(self._ids)
                     self._pending[rid] = p
+                    self._msg_of[rid] = seq
                     msg.request_ids.append(rid)
                     getattr(msg.requests.add(), p.field).CopyFrom(p.request)
             yield msg
@@ -202,9 +210,19 @@ class _Stream:
         error: Exception = BatchRpcError(grpc.StatusCode.UNAVAILABLE, "stream closed")
         try:
             for msg in self._call:
+                freed = 0
                 with self._mu:
                     waiting = [self._pending.pop(rid, None) for rid in msg.request_ids]
-                self._window.release()
+                    for rid in msg.request_ids:
+                        seq = self._msg_of.pop(rid, None)
+                        if seq is None:
+                            continue
+                        self._unanswered[seq] -= 1
+                        if self._unanswered[seq] == 0:
+                            del self._unanswered[seq]
+                            freed += 1
+                for _ in range(freed):
+                    self._window.release()
                 for p, resp in zip(waiting, msg.responses, strict=False):
                     if p is not None:
                         p.response = resp

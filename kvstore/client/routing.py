@@ -584,6 +584,7 @@ class RoutedKvBackend(KvBackend):
                 batching=self._batching,
                 timeout=self.rpc_timeout,
                 channel=ch,
+                max_in_flight=16,
             )
             self._stubs[store_id] = (addr, ch, stub)
             return stub

@@ -559,9 +559,9 @@ class KvService:
             else:
                 self._in_flight.pop(peer, None)
 
-    def _finish_batch(self, peer: str, n: int, done: Callable[[bytes], None], reply: bytes) -> None:
+    def _finish_batch(self, peer: str, n: int, complete: Callable[[], None]) -> None:
         self._release(peer, n)
-        done(reply)
+        complete()
 
     def _too_many(self) -> str:
         return f"more than {self.max_in_flight} requests in flight on this connection"
@@ -668,14 +668,18 @@ class KvService:
         return coalesced, rest
 
     def _start_batch(
-        self, msg: tikvpb_pb2.BatchCommandsRequest, done: Callable[[bytes], None]
+        self,
+        msg: tikvpb_pb2.BatchCommandsRequest,
+        send: Callable[[bytes], None],
+        complete: Callable[[], None],
     ) -> None:
-        """Run the requests of ``msg`` on the pool; ``done`` gets the
-        serialized response message when the last task finishes. RawPuts to
-        one Region are coalesced into one task (:meth:`_run_raw_puts`); the
-        rest run in chunks of up to ``batch_chunk`` consecutive requests."""
-        n = len(msg.requests)
-        results: list[tikvpb_pb2.BatchCommandsResponse.Response | None] = [None] * n
+        """Run the requests of ``msg`` on the pool. Each task's answers go
+        out as soon as it finishes (``send`` gets a serialized response
+        message naming its request ids), so a slow request never holds up
+        the others of its message; ``complete`` is called after the last.
+        RawPuts to one Region are coalesced into one task
+        (:meth:`_run_raw_puts`); the rest run in chunks of up to
+        ``batch_chunk`` consecutive requests."""
         coalesced, rest = self._coalescable_puts(msg)
         step = self._batch_chunk
         tasks: list[list[int]] = [*coalesced]
@@ -683,27 +687,22 @@ class KvService:
         remaining = [len(tasks)]
         mu = threading.Lock()
 
-        def finish() -> None:
-            reply = tikvpb_pb2.BatchCommandsResponse(request_ids=msg.request_ids)
-            reply.responses.extend(r for r in results if r is not None)
-            done(reply.SerializeToString())
-
         def run(idxs: list[int], together: bool) -> None:
             if together:
                 outs = self._run_raw_puts([msg.requests[i] for i in idxs])
-                for i, out in zip(idxs, outs, strict=True):
-                    results[i] = out
             else:
-                for i in idxs:
-                    results[i] = self._run_one(msg.requests[i])
+                outs = [self._run_one(msg.requests[i]) for i in idxs]
+            reply = tikvpb_pb2.BatchCommandsResponse(request_ids=[msg.request_ids[i] for i in idxs])
+            reply.responses.extend(outs)
+            send(reply.SerializeToString())
             with mu:
                 remaining[0] -= 1
                 last = remaining[0] == 0
             if last:
-                finish()
+                complete()
 
         if not tasks:
-            finish()
+            complete()
         for k, idxs in enumerate(tasks):
             self._pool.submit(run, idxs, k < len(coalesced))
 
@@ -715,8 +714,7 @@ class KvService:
         mu = threading.Lock()
         state = {"in_flight": 0, "reading": True}
 
-        def done(reply: bytes) -> None:
-            out.put(reply)
+        def complete() -> None:
             with mu:
                 state["in_flight"] -= 1
                 end = not state["reading"] and state["in_flight"] == 0
@@ -751,9 +749,12 @@ class KvService:
                             r = refused.responses.add()
                             r.status.code = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
                             r.status.message = self._too_many()
-                        done(refused.SerializeToString())
+                        out.put(refused.SerializeToString())
+                        complete()
                         continue
-                    self._start_batch(msg, functools.partial(self._finish_batch, peer, n, done))
+                    self._start_batch(
+                        msg, out.put, functools.partial(self._finish_batch, peer, n, complete)
+                    )
             except Exception as e:  # the stream broke (cancelled, connection lost)
                 log.debug("BatchCommands stream ended: %s", e)
             finally:
