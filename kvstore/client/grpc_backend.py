@@ -546,6 +546,11 @@ class GrpcKvBackend(KvBackend):
         resp: pb.RawCASResponse = self._call("RawCompareAndSwap", req)
         return resp.succeed, None if resp.previous_not_exist else resp.previous_value
 
+    def read_index(self) -> int:
+        """The Region leader's read index (the Region is the context's)."""
+        resp: pb.ReadIndexResponse = self._call("ReadIndex", _new(pb.ReadIndexRequest))
+        return int(resp.read_index)
+
 
 class GrpcTsoBackend(TsoBackend):
     """:class:`~kvstore.client.backend.TsoBackend` over PD's ``Tso`` stream at

@@ -23,6 +23,7 @@ Invariants:
   keep the same stores, both bump ``epoch.version``.
 """
 
+from kvstore.raftstore.peer import ApplyObserver
 from kvstore.raftstore.store import RegionHandle, Store, StoreConfig
 
-__all__ = ["RegionHandle", "Store", "StoreConfig"]
+__all__ = ["ApplyObserver", "RegionHandle", "Store", "StoreConfig"]

@@ -23,7 +23,7 @@ import json
 import struct
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from kvstore.errors import (
     EpochNotMatchError,
@@ -54,6 +54,26 @@ _REC = struct.Struct(">BII")
 _END = 255
 
 
+WriteOp = tuple[int, str, bytes, bytes | None]  # a WriteBatch op: (op, cf, key, value)
+
+
+class ApplyObserver(Protocol):
+    """Sees every change a replica's data goes through, in log order, in the
+    Raft driver thread (keep it short). The columnar learner builds its Arrow
+    replica from these."""
+
+    def on_apply(self, region: Region, index: int, ops: list[WriteOp]) -> None:
+        """The data-CF ops of log entry ``index``, just written to the engine."""
+
+    def on_reset(self, region: Region, index: int) -> None:
+        """The Region's data in the engine was replaced (a snapshot installed)
+        or is being taken up (the replica starts): read it afresh from the
+        engine; it is the state at log ``index``."""
+
+    def on_destroy(self, region: Region) -> None:
+        """The replica is gone from this store; its data goes too."""
+
+
 class Peer:
     def __init__(
         self,
@@ -72,6 +92,7 @@ class Peer:
         self.group: RaftGroup | None = None  # set by the store once created
         self.snapshots_installed = 0
         self.lock = threading.Lock()  # guards ``region`` for readers outside the driver
+        self.observer: ApplyObserver | None = None
 
     @property
     def region_id(self) -> int:
@@ -133,6 +154,10 @@ class Peer:
         batch.put(CF_RAFT, applied_key(self.region.id), encode_u64(index))
         self.engine.write(batch)
         self.applied_index = index
+        if self.observer is not None:
+            data_ops = [op for op in batch.ops if op[1] in DATA_CFS]
+            if data_ops:
+                self.observer.on_apply(self.region, index, data_ops)
         for left, right in splits:
             self._on_split(left, right)
         if self._on_change is not None:
@@ -163,6 +188,12 @@ class Peer:
         )
         right = Region(req.new_region_id, req.split_key, region.end_key, epoch, peers)
         return left, right
+
+    def log_applied_index(self) -> int:
+        """The last Raft log index applied here, read barriers included
+        (``applied_index`` counts only entries that carried commands)."""
+        group_applied = self.group.last_applied_index if self.group is not None else 0
+        return max(self.applied_index, group_applied)
 
     @property
     def is_member(self) -> bool:
@@ -210,6 +241,8 @@ class Peer:
             self.region = region
         self.applied_index = index
         self.snapshots_installed += 1
+        if self.observer is not None:
+            self.observer.on_reset(region, index)
 
     # ------------------------------------------------------------ proposing
     def _group(self) -> RaftGroup:

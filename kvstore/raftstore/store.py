@@ -47,7 +47,7 @@ from kvstore.raftstore.meta import (
     encode_u64,
     meta_key,
 )
-from kvstore.raftstore.peer import Peer
+from kvstore.raftstore.peer import ApplyObserver, Peer
 from kvstore.rawkv import RawStore
 from kvstore.storage import CF_DEFAULT, CF_RAFT, CF_WRITE, DATA_CFS, RocksEngine, WriteBatch
 from kvstore.txn import Latches, TxnScheduler
@@ -79,6 +79,8 @@ class StoreConfig:
     bootstrap: bool = True
     # ``count -> first of count fresh ids``; None: the per-store allocator.
     id_allocator: Callable[[int], int] | None = None
+    # Sees every replica's applied data (the columnar learner's feed).
+    apply_observer: ApplyObserver | None = None
 
 
 class EngineLogStorage:
@@ -228,6 +230,10 @@ class Store:
 
     def _start_peer(self, region: Region) -> Peer:
         peer = Peer(region, self.store_id, self.engine, self._on_split, self._on_change)
+        obs = self.config.apply_observer
+        if obs is not None:
+            peer.observer = obs
+            obs.on_reset(region, peer.applied_index)
         me = peer.meta
         voters = [self.cluster[p.store_id] for p in region.peers if not p.is_learner]
 
@@ -368,6 +374,8 @@ class Store:
             self.sinks.pop(region.id, None)
         if peer is None:
             return
+        if peer.observer is not None:
+            peer.observer.on_destroy(region)
         self.driver.remove_group(region.id, drop_log=True)
         b = WriteBatch()
         end = region.end_key or b"\xff"

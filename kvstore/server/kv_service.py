@@ -188,6 +188,8 @@ class KvHandler(Protocol):
         ttl: int | None = None,
     ) -> tuple[bool, bytes | None]: ...
 
+    def read_index(self, ctx: RequestContext) -> int: ...
+
 
 class EmbeddedHandler:
     """A :class:`KvHandler` over one embedded store: a single node that owns
@@ -319,6 +321,9 @@ class EmbeddedHandler:
         ttl: int | None = None,
     ) -> tuple[bool, bytes | None]:
         return self.store.raw_compare_and_swap(key, expected, new, ttl)
+
+    def read_index(self, ctx: RequestContext) -> int:
+        return 0  # one node, no log: every read is as fresh as it gets
 
 
 # --------------------------------------------------------------------------
@@ -453,6 +458,10 @@ def _raw_delete_range(
     return pb.RawDeleteRangeResponse()
 
 
+def _read_index(h: KvHandler, ctx: RequestContext, r: pb.ReadIndexRequest) -> pb.ReadIndexResponse:
+    return pb.ReadIndexResponse(read_index=h.read_index(ctx))
+
+
 def _raw_cas(h: KvHandler, ctx: RequestContext, r: pb.RawCASRequest) -> pb.RawCASResponse:
     expected = None if r.previous_not_exist else r.previous_value
     ok, prev = h.raw_compare_and_swap(ctx, r.key, expected, r.value, _ttl(r))
@@ -481,6 +490,7 @@ _IMPLS: dict[str, _Impl] = {
     "RawScan": _raw_scan,
     "RawDeleteRange": _raw_delete_range,
     "RawCompareAndSwap": _raw_cas,
+    "ReadIndex": _read_index,
 }
 if set(_IMPLS) != set(KV_METHODS):
     raise RuntimeError(f"Kv RPCs without an implementation: {set(KV_METHODS) - set(_IMPLS)}")

@@ -207,3 +207,11 @@ class RegionKvHandler:
         return self._raw(ctx, [key], read=False).rawstore.raw_compare_and_swap(
             key, expected, new, ttl
         )
+
+    def read_index(self, ctx: RequestContext) -> int:
+        """Prove leadership now (a read barrier) and answer the log index
+        applied then: a learner that has applied up to it holds every write
+        acknowledged before this call."""
+        h = self._route(ctx)
+        h.read_barrier()
+        return h.peer.log_applied_index()
