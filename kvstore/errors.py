@@ -295,3 +295,19 @@ class ProposalDroppedError(RegionError):
 
     region_id: int
     reason: str = ""
+
+
+@dataclass(eq=False)
+class DataIsNotReadyError(RegionError):
+    """A learner replica (the columnar node) has not applied the Region up to
+    the leader's read index in time, or does not host the Region yet. Retry
+    later, or read the row store instead (the client falls back by itself)."""
+
+    region_id: int
+    peer_id: int = 0
+    safe_ts: int = 0
+    reason: str = ""
+
+    def __str__(self) -> str:
+        why = f": {self.reason}" if self.reason else ""
+        return f"region {self.region_id}: data is not ready{why}"

@@ -89,6 +89,7 @@ region_errors = st.one_of(
     st.builds(err.RegionNotFoundError, region_id=u64),
     st.builds(err.ServerIsBusyError, reason=text, backoff_ms=u64),
     st.builds(err.ProposalDroppedError, region_id=u64, reason=text),
+    st.builds(err.DataIsNotReadyError, region_id=u64, peer_id=u64, safe_ts=u64, reason=text),
     st.builds(err.RegionError, text),
 )
 MESSAGE_ERRORS = [
@@ -201,10 +202,10 @@ def test_unmapped_error_classes_travel_as_their_nearest_base() -> None:
     assert same_error(cv.key_error_from_pb(cv.key_error_to_pb(Odd("o"))), err.KVError("o"))
 
 
-def test_data_is_not_ready_decodes_as_a_region_error() -> None:
+def test_data_is_not_ready_decodes_typed() -> None:
     m = errorpb_pb2.Error(data_is_not_ready=errorpb_pb2.DataIsNotReady(region_id=3, safe_ts=9))
     e = cv.region_error_from_pb(m)
-    assert type(e) is err.RegionError and "region 3" in str(e)
+    assert isinstance(e, err.DataIsNotReadyError) and e.region_id == 3 and e.safe_ts == 9
 
 
 def test_an_empty_key_error_is_a_kv_error() -> None:
@@ -253,7 +254,7 @@ def test_pd_errors_round_trip(cls: type[err.KVError], msg: str) -> None:
 
 # ----------------------------------------------------------------- method table
 def test_every_kv_rpc_has_a_batch_commands_field() -> None:
-    assert len(KV_METHODS) == 19
+    assert len(KV_METHODS) == 20  # 11 transactional, 8 raw, ReadIndex
     assert {m.batch_field for m in KV_METHODS.values()} == set(BY_BATCH_FIELD)
     assert KV_METHODS["KvGet"].batch_field == "Get"
     assert KV_METHODS["RawCompareAndSwap"].request is kvrpcpb_pb2.RawCASRequest

@@ -41,6 +41,7 @@ from kvstore.errors import (
     ClusterMismatchError,
     CommittedError,
     CommitTsExpiredError,
+    DataIsNotReadyError,
     EpochNotMatchError,
     GcTooEarlyError,
     InvalidArgumentError,
@@ -289,6 +290,11 @@ def region_error_to_pb(e: RegionError) -> errorpb_pb2.Error:
     elif isinstance(e, ProposalDroppedError):
         m.proposal_dropped.region_id = e.region_id
         m.proposal_dropped.reason = _text(e.reason)
+    elif isinstance(e, DataIsNotReadyError):
+        m.data_is_not_ready.region_id = e.region_id
+        m.data_is_not_ready.peer_id = e.peer_id
+        m.data_is_not_ready.safe_ts = e.safe_ts
+        m.data_is_not_ready.reason = _text(e.reason)
     # Any other RegionError: the message alone (decodes as a plain RegionError).
     return m
 
@@ -311,12 +317,8 @@ def region_error_from_pb(m: errorpb_pb2.Error) -> RegionError:
     if kind == "proposal_dropped":
         return ProposalDroppedError(m.proposal_dropped.region_id, m.proposal_dropped.reason)
     if kind == "data_is_not_ready":
-        # kvstore.errors has no DataIsNotReadyError yet: a plain RegionError
-        # (refresh and retry) is the right remedy until learner reads exist.
         d = m.data_is_not_ready
-        return RegionError(
-            f"region {d.region_id}: data is not ready (peer {d.peer_id}, safe_ts {d.safe_ts})"
-        )
+        return DataIsNotReadyError(d.region_id, d.peer_id, d.safe_ts, d.reason)
     return RegionError(m.message)
 
 
