@@ -40,6 +40,53 @@ class InvalidArgumentError(KVError, ValueError):
     value, end before start, ...). Nothing was written. Fix the input."""
 
 
+class SchemaError(InvalidArgumentError):
+    """A table schema is malformed (unknown type, duplicate column, bad primary
+    key) or a row does not fit it (wrong type, NULL in a NOT NULL column,
+    value out of range). Nothing was written. Fix the DDL or the row."""
+
+
+@dataclass(eq=False)
+class TableNotFoundError(SchemaError):
+    """No table of that name (or id) is known at the read timestamp. Create
+    it first, or (a columnar replica) wait until the DDL's log entry is
+    applied."""
+
+    table: str
+
+    def __str__(self) -> str:
+        return f"table {self.table!r} does not exist"
+
+
+@dataclass(eq=False)
+class TableExistsError(SchemaError):
+    """``create_table`` with a name that is already taken. Pick another name
+    or use the existing table."""
+
+    table: str
+
+    def __str__(self) -> str:
+        return f"table {self.table!r} already exists"
+
+
+@dataclass(eq=False)
+class RowNotFoundError(InvalidArgumentError):
+    """An ``update`` named a primary key with no row visible to the
+    transaction. Insert the row instead."""
+
+    table: str
+    primary_key: tuple[Any, ...]
+
+    def __str__(self) -> str:
+        return f"table {self.table!r} has no row with primary key {self.primary_key!r}"
+
+
+class RowFormatError(InvalidArgumentError):
+    """Stored row bytes are malformed (truncated header, offsets out of
+    bounds, bad UTF-8): corruption or a foreign writer, never a user input.
+    The decoder refuses them instead of guessing."""
+
+
 class StorageError(KVError):
     """The local engine failed (disk full, I/O error, corruption). The request
     may not have been applied; the store should be inspected."""

@@ -25,6 +25,8 @@ PACKAGES = ["kvstore", "raft", "columnar", "sql", "bench"]
 PURE = [
     "kvstore/codec.py",
     "kvstore/types.py",
+    "kvstore/tablecodec.py",
+    "columnar",
     "kvstore/mvcc",
     "kvstore/txn/actions.py",
     "kvstore/pd/cluster.py",  # PD's Raft state machine: every member applies alike

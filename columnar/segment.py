@@ -1,0 +1,211 @@
+"""One table's committed versions: raw rows, Arrow deltas, a stable base.
+
+Every part is an Arrow table with the hidden columns ``_handle`` (binary: the
+memcomparable handle, so byte order = primary-key order), ``_commit_ts``
+(uint64) and ``_delete_mark`` (bool), then one column per user column, named
+``c{column id}`` (never by name: names may be reused, ids never are), all
+nullable (a delete mark has no values).
+
+* **raw**: committed versions not decoded yet (Python lists): rows whose
+  schema has not arrived, or that arrived since the last flush;
+* **deltas**: a few Arrow tables, one per flush;
+* **stable**: one Arrow table sorted by ``(_handle, _commit_ts desc)``,
+  versions the GC safe point hides already dropped.
+
+The functions here are pure Arrow transformations; locking is the engine's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from kvstore.tablecodec import ColumnInfo, TableInfo, decode_rows_partial
+
+HANDLE = "_handle"
+COMMIT_TS = "_commit_ts"
+DELETE_MARK = "_delete_mark"
+HIDDEN = (HANDLE, COMMIT_TS, DELETE_MARK)
+_HIDDEN_FIELDS = [
+    pa.field(HANDLE, pa.binary(), nullable=False),
+    pa.field(COMMIT_TS, pa.uint64(), nullable=False),
+    pa.field(DELETE_MARK, pa.bool_(), nullable=False),
+]
+_SORT = [(HANDLE, "ascending"), (COMMIT_TS, "descending")]
+
+
+def col_name(col: ColumnInfo) -> str:
+    return f"c{col.id}"
+
+
+def part_schema(columns: Sequence[ColumnInfo]) -> pa.Schema:
+    return pa.schema(_HIDDEN_FIELDS + [pa.field(col_name(c), c.arrow_type) for c in columns])
+
+
+def _constant(col: ColumnInfo, n: int) -> pa.Array:
+    if col.default is None:
+        return pa.nulls(n, col.arrow_type)
+    return pa.repeat(pa.scalar(col.default, col.arrow_type), n)
+
+
+class TableData:
+    """Versions of one table (see the module docstring)."""
+
+    __slots__ = ("deltas", "epoch", "raw_handles", "raw_ts", "raw_values", "stable", "table_id")
+
+    def __init__(self, table_id: int) -> None:
+        self.table_id = table_id
+        self.raw_handles: list[bytes] = []
+        self.raw_ts: list[int] = []
+        self.raw_values: list[bytes | None] = []  # None: a delete
+        self.deltas: list[pa.Table] = []
+        self.stable: pa.Table | None = None
+        # Bumped by destructive changes (delete_range): a compaction computed
+        # from older parts must not be installed.
+        self.epoch = 0
+
+    def add(self, handle: bytes, commit_ts: int, value: bytes | None) -> None:
+        self.raw_handles.append(handle)
+        self.raw_ts.append(commit_ts)
+        self.raw_values.append(value)
+
+    @property
+    def raw_count(self) -> int:
+        return len(self.raw_ts)
+
+    def parts(self) -> list[pa.Table]:
+        return ([self.stable] if self.stable is not None else []) + list(self.deltas)
+
+    def flush(self, info: TableInfo | None) -> None:
+        """Decode the raw versions into one delta with schema ``info``. Rows
+        that mention columns ``info`` does not know stay raw (never decoded
+        with a guessed schema); with ``info=None`` everything stays raw."""
+        if info is None or not self.raw_ts:
+            return
+        n = len(self.raw_ts)
+        puts = [i for i, v in enumerate(self.raw_values) if v is not None]
+        dels = [i for i, v in enumerate(self.raw_values) if v is None]
+        values = [v for v in self.raw_values if v is not None]
+        batch, known = decode_rows_partial(info, values, info.columns)
+        taken = np.asarray(puts, dtype=np.int64)[known]
+        take = np.concatenate([taken, np.asarray(dels, dtype=np.int64)])
+        if len(take) == 0:
+            return
+        handles = pa.array(self.raw_handles, pa.binary()).take(pa.array(take))
+        ts = pa.array(np.asarray(self.raw_ts, dtype=np.uint64)[take])
+        marks = pa.array(np.concatenate([np.zeros(len(taken), bool), np.ones(len(dels), bool)]))
+        arrays = [handles, ts, marks]
+        for i, c in enumerate(info.columns):
+            vals = batch.column(i)
+            arrays.append(pa.concat_arrays([vals, pa.nulls(len(dels), c.arrow_type)]))
+        self.deltas.append(pa.Table.from_arrays(arrays, schema=part_schema(info.columns)))
+        if len(take) == n:
+            self.raw_handles, self.raw_ts, self.raw_values = [], [], []
+        else:
+            keep = sorted(set(range(n)) - set(take.tolist()))
+            self.raw_handles = [self.raw_handles[i] for i in keep]
+            self.raw_ts = [self.raw_ts[i] for i in keep]
+            self.raw_values = [self.raw_values[i] for i in keep]
+
+    def raw_visible_at(self, ts: int) -> bool:
+        """Some undecoded version is visible at ``ts``."""
+        return any(t <= ts for t in self.raw_ts)
+
+    def remove_handles(self, lo: bytes | None, hi: bytes | None) -> None:
+        """Drop every version whose handle is in ``[lo, hi)`` (None:
+        unbounded): the row store deleted those keys' records."""
+
+        def inside(h: bytes) -> bool:
+            return (lo is None or h >= lo) and (hi is None or h < hi)
+
+        keep = [i for i, h in enumerate(self.raw_handles) if not inside(h)]
+        self.raw_handles = [self.raw_handles[i] for i in keep]
+        self.raw_ts = [self.raw_ts[i] for i in keep]
+        self.raw_values = [self.raw_values[i] for i in keep]
+
+        def cut(t: pa.Table) -> pa.Table:
+            h = t[HANDLE]
+            conds = []
+            if lo is not None:
+                conds.append(pc.greater_equal(h, pa.scalar(lo, pa.binary())))
+            if hi is not None:
+                conds.append(pc.less(h, pa.scalar(hi, pa.binary())))
+            if not conds:
+                return t.slice(0, 0)
+            inside_mask = conds[0] if len(conds) == 1 else pc.and_(conds[0], conds[1])
+            return t.filter(pc.invert(inside_mask))
+
+        self.stable = None if self.stable is None else cut(self.stable)
+        self.deltas = [cut(d) for d in self.deltas]
+        self.epoch += 1
+
+
+def conform(part: pa.Table, columns: Sequence[ColumnInfo]) -> pa.Table:
+    """``part`` with exactly the hidden columns and ``columns`` (in that
+    order); a column the part lacks (added later) takes its default."""
+    names = set(part.column_names)
+    arrays = [part[h] for h in HIDDEN]
+    for c in columns:
+        n = col_name(c)
+        arrays.append(part[n] if n in names else _constant(c, part.num_rows))
+    return pa.Table.from_arrays(arrays, schema=part_schema(columns))
+
+
+def merge(parts: Sequence[pa.Table], columns: Sequence[ColumnInfo]) -> pa.Table:
+    if not parts:
+        return part_schema(columns).empty_table()
+    return pa.concat_tables([conform(p, columns) for p in parts])
+
+
+def sort_versions(t: pa.Table) -> pa.Table:
+    return t.take(pc.sort_indices(t, sort_keys=_SORT))
+
+
+def _prev_differs(h: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """``out[i]``: row i starts a new handle (rows sorted by handle)."""
+    arr = h.combine_chunks() if isinstance(h, pa.ChunkedArray) else h
+    n = len(arr)
+    out = np.ones(n, dtype=bool)
+    if n > 1:
+        out[1:] = pc.not_equal(arr[1:], arr[:-1]).to_numpy(zero_copy_only=False)
+    return out
+
+
+def visible_indices(t: pa.Table, ts: int, *, is_sorted: bool) -> tuple[pa.Table, np.ndarray]:
+    """MVCC filter: row indices (into the returned, possibly re-sorted table)
+    of the newest version ``<= ts`` of each handle, delete marks removed,
+    in handle order. Only the hidden columns are touched."""
+    hidden = t.select(list(HIDDEN))
+    if not is_sorted:
+        order = pc.sort_indices(hidden, sort_keys=_SORT)
+        t, hidden = t.take(order), hidden.take(order)
+    n = t.num_rows
+    if n == 0:
+        return t, np.zeros(0, dtype=np.int64)
+    cts = hidden[COMMIT_TS].to_numpy()
+    seen = cts <= np.uint64(ts)
+    idx = np.nonzero(seen)[0]
+    # Among the versions <= ts (still sorted), the first of each handle wins.
+    h = hidden[HANDLE].combine_chunks().take(pa.array(idx))
+    first = _prev_differs(h)
+    dead = hidden[DELETE_MARK].to_numpy()[idx]
+    return t, idx[first & ~dead]
+
+
+def prune(t: pa.Table, safe_point: int) -> pa.Table:
+    """Drop what GC at ``safe_point`` drops in the row store (``t`` sorted):
+    keep versions above it and, per handle, the newest one at or below it
+    unless that is a delete."""
+    n = t.num_rows
+    if n == 0 or safe_point == 0:
+        return t
+    le = t[COMMIT_TS].to_numpy() <= np.uint64(safe_point)
+    new_handle = _prev_differs(t[HANDLE])
+    prev_le = np.concatenate([[False], le[:-1]])
+    first_le = le & (new_handle | ~prev_le)
+    dead = t[DELETE_MARK].to_numpy()
+    keep = ~le | (first_le & ~dead)
+    return t if keep.all() else t.filter(pa.array(keep))

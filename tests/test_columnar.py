@@ -1,0 +1,258 @@
+"""columnar.ColumnarStore: apply, reads, schemas in-band, compaction, GC, aggregation.
+
+The random-interleaving comparison with the row store is in
+``test_columnar_property.py``; these are the targeted cases.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from columnar_helpers import Op, open_teed
+
+from columnar import GC_SAFE_POINT_KEY, ColumnarStore, merge_partials, partial_aggregate
+from kvstore import codec
+from kvstore.client import Client, Transaction, tables
+from kvstore.errors import GcTooEarlyError, KeyIsLockedError, TableNotFoundError
+from kvstore.mvcc.reader import check_lock_conflict
+from kvstore.storage.engine import (
+    CF_DEFAULT,
+    CF_LOCK,
+    CF_WRITE,
+    DATA_CFS,
+    OP_DELETE_RANGE,
+    OP_PUT,
+)
+from kvstore.tablecodec import TableInfo, decode_table_meta_key, make_table
+from kvstore.txn.scheduler import GC_SAFE_POINT_KEY as ROW_STORE_SAFE_POINT_KEY
+from kvstore.types import Lock, LockType
+
+COLUMNS = [("id", "BIGINT"), ("grp", "TEXT"), ("v", "DOUBLE"), ("blob", "TEXT")]
+
+
+def _workload(client: Client, n_txns: int = 40, rows_per_txn: int = 10) -> TableInfo:
+    t = tables.create_table(client, "w", COLUMNS, "id")
+    ids = itertools.count()
+    for i in range(n_txns):
+        with client.begin() as txn:
+            new = [next(ids) for _ in range(rows_per_txn)]
+            tables.insert(
+                txn,
+                t,
+                [
+                    {"id": k, "grp": f"g{k % 3}", "v": k * 0.5, "blob": "b" * (k % 2 * 300)}
+                    for k in new
+                ],
+            )
+            if i % 4 == 3:
+                tables.update(txn, t, [{"id": new[0] - 5, "v": -1.0}])
+                tables.delete(txn, t, [new[0] - 7])
+    return t
+
+
+def _reference(client: Client, t: TableInfo, ts: int | None = None) -> pa.Table:
+    txn = client.begin() if ts is None else Transaction(client, ts)
+    return tables.scan_rows(txn, t)
+
+
+def test_row_store_constants_match() -> None:
+    assert GC_SAFE_POINT_KEY == ROW_STORE_SAFE_POINT_KEY
+
+
+@pytest.mark.parametrize("lock_type", list(LockType))
+@pytest.mark.parametrize("start_ts", [5, 10, 11])
+@pytest.mark.parametrize("min_commit_ts", [0, 10, 11])
+@pytest.mark.parametrize("bypass", [(), (10,)])
+def test_lock_rule_is_the_row_store_rule(
+    lock_type: LockType, start_ts: int, min_commit_ts: int, bypass: tuple[int, ...]
+) -> None:
+    col = ColumnarStore()
+    key = codec.txn_key(b"t" + (1 + (1 << 63)).to_bytes(8, "big") + b"_r" + b"h")
+    lock = Lock(lock_type, b"p", start_ts, 100, min_commit_ts)
+    col.apply(1, [(OP_PUT, CF_LOCK, key, lock.to_bytes())])
+    try:
+        check_lock_conflict(key, lock, 10, bypass)
+        row_store = None
+    except KeyIsLockedError as e:
+        row_store = e.lock
+    try:
+        col.read(make_table(1, "t", COLUMNS, "id"), 10, bypass_locks=bypass)
+        columnar = None
+    except KeyIsLockedError as e:
+        columnar = e.lock
+    assert columnar == row_store
+
+
+def test_reads_match_the_row_store_at_every_commit() -> None:
+    col = ColumnarStore()
+    client, _ = open_teed(col)
+    with client:
+        t = _workload(client)
+        stamps = [client.tso()]
+        with client.begin() as txn:
+            tables.delete(txn, t, range(0, 400, 2))
+        stamps.append(client.tso())
+        for ts in stamps:
+            assert col.read(t, ts).to_pylist() == _reference(client, t, ts).to_pylist()
+        col.compact()
+        for ts in stamps:
+            assert col.read("w", ts).to_pylist() == _reference(client, t, ts).to_pylist()
+        assert col.stats()["delta_parts"] == 0 and col.stats()["pending_values"] == 0
+
+
+def test_projection_predicate_and_aggregation() -> None:
+    col = ColumnarStore()
+    client, _ = open_teed(col)
+    with client:
+        t = _workload(client, 10)
+        ts = client.tso()
+        ref = _reference(client, t, ts)
+        pred = (pc.field("v") > 20) & (pc.field("grp") != "g1")
+        got = col.read(t, ts, columns=["id", "v"], predicate=pred)
+        assert got.to_pylist() == ref.filter(pred).select(["id", "v"]).to_pylist()
+        aggs = [("v", "sum"), ("*", "count"), ("v", "min"), ("v", "max"), ("blob", "count")]
+        whole = partial_aggregate(ref, ["grp"], aggs).sort_by("grp")
+        halves = [partial_aggregate(col.read(t, ts, predicate=p), ["grp"], aggs) for p in
+                  (pc.field("id") < 40, pc.field("id") >= 40)]  # fmt: skip
+        assert merge_partials(halves, ["grp"], aggs).sort_by("grp").to_pylist() == whole.to_pylist()
+        assert partial_aggregate(ref, [], [("*", "count")]).to_pylist() == [
+            {"count(*)": ref.num_rows}
+        ]
+
+
+def test_rows_before_their_schema_are_kept_until_it_arrives() -> None:
+    """Two Regions: the meta keys' entries arrive after the rows' entries
+    (the learner applies Regions independently)."""
+    client, tee = open_teed(None)
+    with client:
+        t = _workload(client, 8)
+        ts = client.tso()
+        ref = _reference(client, t, ts)
+        meta: list[list[Op]] = []
+        rows: list[list[Op]] = []
+        for _, ops in tee.log:
+            meta.append([o for o in ops if _is_meta(o)])
+            rows.append([o for o in ops if not _is_meta(o)])
+    col = ColumnarStore()
+    for i, ops in enumerate(rows, 1):
+        col.apply(i, ops, region_id=2)
+    with pytest.raises(TableNotFoundError):
+        col.read("w", ts)
+    assert col.stats()["raw_rows"] > 0
+    col.compact()  # no schema yet: nothing may be decoded or lost
+    for i, ops in enumerate(meta, 1):
+        col.apply(i, ops, region_id=1)
+    assert col.applied_index(1) == col.applied_index(2) == len(tee.log)
+    assert col.read("w", ts).to_pylist() == ref.to_pylist()
+
+
+def _is_meta(op: Op) -> bool:
+    key = op[2] if op[1] == CF_LOCK else codec.split_ts(op[2])[0]
+    try:
+        user = codec.decode_txn_key(key)
+    except Exception:
+        return False
+    return decode_table_meta_key(user) is not None or user.startswith(b"m")
+
+
+def test_replayed_entries_are_ignored_and_wait_applied() -> None:
+    client, tee = open_teed(None)
+    with client:
+        t = _workload(client, 5)
+        ts = client.tso()
+        ref = _reference(client, t, ts)
+    col = ColumnarStore()
+    assert not col.wait_applied(0, 1, timeout=0.01)
+    for index, ops in tee.log:
+        assert col.apply(index, ops)
+    for index, ops in tee.log:  # a restart re-reading the log
+        assert not col.apply(index, ops)
+    assert col.wait_applied(0, len(tee.log), timeout=0.01)
+    assert col.read("w", ts).to_pylist() == ref.to_pylist()
+
+
+def test_compaction_during_apply_loses_nothing() -> None:
+    client, tee = open_teed(None)
+    with client:
+        t = _workload(client, 120, 5)
+        ts = client.tso()
+        ref = _reference(client, t, ts)
+    col = ColumnarStore()
+    stop = threading.Event()
+    compactions = 0
+
+    def compactor() -> None:
+        nonlocal compactions
+        while not stop.is_set():
+            compactions += col.compact()
+
+    th = threading.Thread(target=compactor)
+    th.start()
+    try:
+        for index, ops in tee.log:
+            col.apply(index, ops)
+            if index % 50 == 0:
+                # Reads flush raw rows into deltas meanwhile (a prewrite may
+                # be applied without its commit yet: a lock, as it should).
+                with contextlib.suppress(KeyIsLockedError):
+                    col.read("w", ts)
+    finally:
+        stop.set()
+        th.join()
+    assert compactions > 0
+    assert col.read("w", ts).to_pylist() == ref.to_pylist()
+    col.compact()
+    assert col.read("w", ts).to_pylist() == ref.to_pylist()
+
+
+def test_gc_safe_point_prunes_and_refuses_older_reads() -> None:
+    col = ColumnarStore()
+    client, _ = open_teed(col)
+    with client:
+        t = _workload(client, 20)
+        before = client.tso()
+        with client.begin() as txn:
+            live = tables.scan_rows(txn, t).column("id").to_pylist()
+            tables.update(txn, t, [{"id": i, "v": 0.0} for i in live[::3]])
+            tables.delete(txn, t, range(1, 100, 3))
+        sp = client.tso()
+        client.gc(sp)
+        assert col.gc_safe_point == sp
+        with pytest.raises(GcTooEarlyError):
+            col.read("w", before)
+        n_before = col.stats()
+        col.compact()
+        after = col.stats()
+        assert after["stable_rows"] < n_before["stable_rows"] + 10_000  # pruned, still there
+        assert col.read("w", sp).to_pylist() == _reference(client, t, sp).to_pylist()
+        assert col.read("w", client.tso()).to_pylist() == _reference(client, t).to_pylist()
+
+
+def test_locks_block_until_resolved_and_snapshot_reinstall() -> None:
+    col = ColumnarStore()
+    client, tee = open_teed(col, lock_ttl_ms=10)
+    with client:
+        t = _workload(client, 3)
+        txn = client.begin()
+        tables.update(txn, t, [{"id": 1, "v": 9.0}, {"id": 2, "v": 9.0}])
+        txn._commit(stop_after="primary")  # committed; secondary still locked
+        ts = client.tso()
+        with pytest.raises(KeyIsLockedError) as e:
+            col.read("w", ts)
+        assert e.value.lock.lock_ts == txn.start_ts
+        got = client.read_resolving(ts, lambda bypass: col.read("w", ts, bypass_locks=bypass))
+        assert got.to_pylist() == _reference(client, t, ts).to_pylist()
+        # A Region snapshot: delete_range over every data CF, then every key again.
+        engine = tee.inner
+        ops: list[Op] = [(OP_DELETE_RANGE, cf, b"", b"\xff") for cf in DATA_CFS]
+        for cf in (CF_DEFAULT, CF_LOCK, CF_WRITE):
+            ops += [(OP_PUT, cf, k, v) for k, v in engine.scan(cf, b"", None)]
+        col.apply(tee.index + 1, ops)
+        assert col.read("w", ts).to_pylist() == got.to_pylist()
+        col.compact()
+        assert col.read("w", ts).to_pylist() == got.to_pylist()
