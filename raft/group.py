@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import pysyncobj.serializer as _serializer
 from pysyncobj import FAIL_REASON, SyncObj, replicated
+from pysyncobj import pickle as syncobj_pickle
 
 from raft.config import RaftConfig
 from raft.log_store import RocksJournal
@@ -188,6 +189,19 @@ class _Replica(SyncObj):  # type: ignore[misc]
     # the follower truncate and rewrite) entries in flight. Keep nextIndex
     # from going backwards on a *successful* acknowledgement.
     def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
+        if isinstance(message, dict) and message.get("transmission") == "finish":
+            # pysyncobj cuts an entry of appendEntriesBatchSizeBytes or more
+            # into chunks and marks the last one by comparing with the
+            # command's length, not the (longer) pickled entry's: for some
+            # sizes a chunk marked "finish" is not the last, and unpickling
+            # the truncated entry fails. Such a chunk is a middle one: take
+            # it as "process"; the real last chunk (also marked "finish")
+            # completes the entry.
+            got = self._SyncObj__recvTransmission + message["data"]
+            try:
+                syncobj_pickle.loads(got)
+            except Exception:  # truncated: EOFError, UnpicklingError, ...
+                message = dict(message, transmission="process")
         if isinstance(message, dict) and message.get("type") == "next_node_idx":
             next_index = self._SyncObj__raftNextIndex
             before = next_index.get(node)
