@@ -6,9 +6,9 @@ import contextlib
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kvstore.client.backend import KvBackend, TsoBackend
 from kvstore.client.lock_resolver import LockResolver
@@ -16,6 +16,11 @@ from kvstore.client.raw import RawClient
 from kvstore.client.txn import Transaction, TtlManager, backoff_sleep, run_transaction
 from kvstore.errors import ClosedError, InvalidArgumentError, KeyIsLockedError, KVError
 from kvstore.types import TS_MAX
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from kvstore.client.columnar import ColumnarReader
 
 T = TypeVar("T")
 
@@ -56,6 +61,8 @@ class Client:
         self._closed = False
         self._close_lock = threading.Lock()
         self._committer = ThreadPoolExecutor(2, thread_name_prefix="txn-secondaries")
+        # Set by kvstore.connect when the cluster can serve analytic reads.
+        self.columnar: ColumnarReader | None = None
 
     def commit_secondaries(self, keys: list[bytes], start_ts: int, commit_ts: int) -> None:
         """Commit a committed transaction's secondary keys in the background
@@ -85,6 +92,38 @@ class Client:
         propagates."""
         self._check_open()
         return run_transaction(self, fn, max_retries)
+
+    def columnar_scan(
+        self,
+        table: str,
+        columns: Sequence[str] | None = None,
+        predicate: Sequence[tuple[str, str, Any]] = (),
+        ts: int | None = None,
+        *,
+        group_by: Sequence[str] = (),
+        aggregates: Sequence[tuple[str, str]] = (),
+        max_wait: float = 5.0,
+    ) -> pa.Table:
+        """Rows of ``table`` as of ``ts`` (default: now) as a ``pyarrow.Table``,
+        read from the columnar replica when the cluster has one (filter,
+        projection and aggregation run there), else from the row store: the
+        same answer either way (see :mod:`kvstore.client.columnar`).
+        ``predicate``: ``(column, op, value)`` tuples, ANDed; ``aggregates``:
+        ``(function, column)`` with ``sum count min max``, per ``group_by``."""
+        self._check_open()
+        from kvstore.client.columnar import row_store_scan
+
+        if self.columnar is not None:
+            return self.columnar.scan(
+                table,
+                columns,
+                predicate,
+                ts,
+                group_by=group_by,
+                aggregates=aggregates,
+                max_wait=max_wait,
+            )
+        return row_store_scan(self, table, columns, predicate, ts, group_by, aggregates)
 
     def tso(self) -> int:
         """A fresh timestamp from the timestamp oracle."""
@@ -145,6 +184,8 @@ class Client:
         # are committed either way, but leaving their locks behind would make
         # the next readers resolve them.
         self._committer.shutdown(wait=True)
+        if self.columnar is not None:
+            self.columnar.close()
         self.ttl_manager.close()
         if self._on_close is not None:
             self._on_close()

@@ -97,7 +97,11 @@ def connect(
         kv.close()
         pd.close()
 
-    return Client(kv, pd, on_close=close, **client_options)
+    client = Client(kv, pd, on_close=close, **client_options)
+    from kvstore.client.columnar import ColumnarReader
+
+    client.columnar = ColumnarReader(client, pd, tls)
+    return client
 
 
 __all__ = ["PdRegionSource", "connect"]

@@ -63,7 +63,8 @@ class ApplyObserver(Protocol):
     replica from these."""
 
     def on_apply(self, region: Region, index: int, ops: list[WriteOp]) -> None:
-        """The data-CF ops of log entry ``index``, just written to the engine."""
+        """The ops of log entry ``index``, just written to the engine (data
+        CFs, and ``raft`` CF keys such as the GC safe point)."""
 
     def on_reset(self, region: Region, index: int) -> None:
         """The Region's data in the engine was replaced (a snapshot installed)
@@ -154,10 +155,8 @@ class Peer:
         batch.put(CF_RAFT, applied_key(self.region.id), encode_u64(index))
         self.engine.write(batch)
         self.applied_index = index
-        if self.observer is not None:
-            data_ops = [op for op in batch.ops if op[1] in DATA_CFS]
-            if data_ops:
-                self.observer.on_apply(self.region, index, data_ops)
+        if self.observer is not None and len(batch.ops) > 1:  # more than the applied index
+            self.observer.on_apply(self.region, index, batch.ops)
         for left, right in splits:
             self._on_split(left, right)
         if self._on_change is not None:

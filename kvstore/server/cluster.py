@@ -149,10 +149,10 @@ class LocalCluster:
             raise ClusterError("a cluster has 1 or 3 PD nodes")
         if stores < 1:
             raise ClusterError("a cluster needs at least one store")
-        if columnar:
-            raise ClusterError("columnar nodes are not available yet (issue 5)")
+        if columnar < 0:
+            raise ClusterError("columnar must be 0 or more")
         self.data_dir = Path(data_dir).resolve()
-        self.n_pd, self.n_stores = pd, stores
+        self.n_pd, self.n_stores, self.n_columnar = pd, stores, columnar
         self.base_port = base_port
         self.host = host
         self.detach = detach
@@ -174,6 +174,7 @@ class LocalCluster:
             infos = [ProcessInfo(**p) for p in saved["processes"]]
             self.n_pd = sum(1 for i in infos if i.role == "pd")
             self.n_stores = sum(1 for i in infos if i.role == "store")
+            self.n_columnar = sum(1 for i in infos if i.role == "columnar")
             return infos
         infos = []
         for i in range(self.n_pd):
@@ -197,6 +198,16 @@ class LocalCluster:
                     name=f"store{j + 1}",
                     role="store",
                     data_dir=str(self.data_dir / f"store{j + 1}"),
+                    addr=f"{self.host}:{port}",
+                )
+            )
+        for k in range(self.n_columnar):
+            port = self.base_port + 200 + k if self.base_port is not None else 0
+            infos.append(
+                ProcessInfo(
+                    name=f"columnar{k + 1}",
+                    role="columnar",
+                    data_dir=str(self.data_dir / f"columnar{k + 1}"),
                     addr=f"{self.host}:{port}",
                 )
             )
@@ -231,7 +242,8 @@ class LocalCluster:
             if len(pds) > 1:
                 argv += ["--initial-cluster", ",".join(f"{p.name}={p.peer_addr}" for p in pds)]
             return argv + secret + self.pd_args
-        argv = [*py, "kvstore.server.store_server", "--data-dir", info.data_dir]
+        module = "columnar_node" if info.role == "columnar" else "store_server"
+        argv = [*py, f"kvstore.server.{module}", "--data-dir", info.data_dir]
         argv += ["--pd", ",".join(p.addr for p in pds), "--addr", info.addr]
         return argv + secret + self.store_args
 
@@ -388,17 +400,26 @@ class LocalCluster:
 
     def fully_replicated(self) -> bool:
         """Every store registered; the Regions cover the key space, each with
-        min(3, stores) voters, no learner left on a row store, and a leader."""
+        min(3, row stores) voters, a leader, and a learner on every columnar
+        node."""
         pd = self.pd()
         stores = [s for s in pd.get_all_stores() if s.state == 0]
-        if len(stores) < self.n_stores:
+        columnar = {
+            s.id
+            for s in stores
+            if any((lb.key, lb.value) == ("engine", "columnar") for lb in s.labels)
+        }
+        if len(stores) - len(columnar) < self.n_stores or len(columnar) < self.n_columnar:
             return False
         want = min(3, self.n_stores)
         regions = pd.scan_regions(b"", b"", 0)
         expect_start = b""
         for region, leader in regions:
             voters = [p for p in region.peers if not p.is_learner]
+            learners = {p.store_id for p in region.peers if p.is_learner}
             if region.start_key != expect_start or len(voters) != want or not leader:
+                return False
+            if not columnar <= learners:
                 return False
             expect_start = region.end_key
             if not expect_start:

@@ -16,7 +16,7 @@ from kvstore.proto.tls import add_tls_arguments, tls_from_args
 
 
 def register_server(sub: Any) -> None:
-    p = sub.add_parser("server", help="run one server process (pd, store)")
+    p = sub.add_parser("server", help="run one server process (pd, store, columnar)")
     roles = p.add_subparsers(dest="role", metavar="ROLE")
     roles.required = True
 
@@ -25,6 +25,12 @@ def register_server(sub: Any) -> None:
 
     add_pd_arguments(pd)
     pd.set_defaults(func=run_pd)
+
+    col = roles.add_parser("columnar", help="a columnar node: Arrow learners of every Region")
+    from kvstore.server.columnar_node import add_columnar_arguments, run_columnar
+
+    add_columnar_arguments(col)
+    col.set_defaults(func=run_columnar)
 
     store = roles.add_parser("store", help="a store: Region replicas and the Kv service")
     from kvstore.server.store_server import add_store_arguments, run_store

@@ -61,12 +61,13 @@ class StoreCollector(Collector):
             yield sp
 
 
-def serve_metrics(addr: str, collector: Collector) -> tuple[WSGIServer, str]:
+def serve_metrics(addr: str, *collectors: Collector) -> tuple[WSGIServer, str]:
     """Serve ``/metrics`` on ``addr`` (host:port, port 0 = any free one);
     return the server and the address it bound."""
     host, _, port = addr.rpartition(":")
     registry = CollectorRegistry()
-    registry.register(collector)
+    for c in collectors:
+        registry.register(c)
     server, _thread = start_http_server(int(port), host, registry=registry)
     return server, f"{host}:{server.server_port}"
 

@@ -24,6 +24,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from kvstore.client.pd_client import PdClient
 from kvstore.errors import InvalidArgumentError, KVError
@@ -92,19 +93,21 @@ def maybe_bootstrap(pd: PdClient, meta: metapb_pb2.Store) -> Region | None:
     return region
 
 
-def run_with_pd(args: argparse.Namespace) -> int:
+def run_with_pd(args: argparse.Namespace, *, columnar: bool = False) -> int:
     data = Path(args.data_dir)
     data.mkdir(parents=True, exist_ok=True)
     (data / "ready").unlink(missing_ok=True)
     tls = tls_from_args(args)
     pd = PdClient([a.strip() for a in args.pd.split(",") if a.strip()], tls=tls)
     try:
-        return _serve(args, data, pd, tls)
+        return _serve(args, data, pd, tls, columnar)
     finally:
         pd.close()
 
 
-def _serve(args: argparse.Namespace, data: Path, pd: PdClient, tls: TlsConfig | None) -> int:
+def _serve(
+    args: argparse.Namespace, data: Path, pd: PdClient, tls: TlsConfig | None, columnar: bool
+) -> int:
     store_id = load_or_alloc_ident(data, pd)
     addrs_path = data / "addrs.json"
     previous = json.loads(addrs_path.read_text()) if addrs_path.exists() else {}
@@ -113,6 +116,12 @@ def _serve(args: argparse.Namespace, data: Path, pd: PdClient, tls: TlsConfig | 
     raft_addr = previous.get("raft", args.raft_addr or f"{host}:0")
     status_addr = previous.get("status", args.status_addr or f"{host}:0")
 
+    observer: Any = None
+    if columnar:  # imported here: a row store never loads pyarrow
+        from columnar import ColumnarStore
+        from kvstore.server.columnar_node import ColumnarObserver
+
+        observer = ColumnarObserver(None, ColumnarStore())  # type: ignore[arg-type]
     store = Store(
         StoreConfig(
             store_id=store_id,
@@ -123,8 +132,11 @@ def _serve(args: argparse.Namespace, data: Path, pd: PdClient, tls: TlsConfig | 
             raft=RaftConfig(snapshot_entries=args.snapshot_entries),
             bootstrap=False,
             id_allocator=pd.alloc_id,
+            apply_observer=observer,
         )
     )
+    if observer is not None:
+        observer.engine = store.engine  # before any Region starts (store.start)
     worker = PdWorker(
         store,
         pd,
@@ -147,7 +159,26 @@ def _serve(args: argparse.Namespace, data: Path, pd: PdClient, tls: TlsConfig | 
         tls=tls,
     )
     bound.server.add_generic_rpc_handlers((DebugService(store, kv_addrs).rpc_handler(),))
-    metrics_server, status_bound = serve_metrics(status_addr, StoreCollector(store, worker))
+    collectors: list[Any] = [StoreCollector(store, worker)]
+    col_service: Any = None
+    stop_compaction = threading.Event()
+    if observer is not None:
+        from kvstore.server.columnar_node import (
+            ColumnarService,
+            FreshnessCollector,
+            compaction_loop,
+        )
+
+        col_service = ColumnarService(store, observer.columnar, pd, tls)
+        bound.server.add_generic_rpc_handlers((col_service.rpc_handler(),))
+        collectors.append(FreshnessCollector(col_service))
+        threading.Thread(
+            target=compaction_loop,
+            args=(observer.columnar, stop_compaction),
+            name="columnar-compaction",
+            daemon=True,
+        ).start()
+    metrics_server, status_bound = serve_metrics(status_addr, *collectors)
     write_json_atomic(
         addrs_path, {"raft": store.raft_addr, "kv": bound.address, "status": status_bound}
     )
@@ -187,8 +218,11 @@ def _serve(args: argparse.Namespace, data: Path, pd: PdClient, tls: TlsConfig | 
         while not stop.wait(0.5):
             pass
     finally:
+        stop_compaction.set()
         worker.stop()
         bound.stop(grace=1.0)
+        if col_service is not None:
+            col_service.close()
         metrics_server.shutdown()
         store.close()
     return 0

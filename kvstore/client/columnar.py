@@ -1,0 +1,293 @@
+"""Analytic reads: ``client.columnar_scan`` (the client side of TiFlash reads).
+
+:class:`ColumnarReader` sends a ``Columnar.Scan`` to a columnar node found
+through PD (a store labelled ``engine=columnar``) and reassembles the Arrow
+IPC stream. It handles what the learner read can answer:
+
+* ``KeyIsLocked``: resolve the lock (check the primary, commit or roll back,
+  or push its ``min_commit_ts``) and retry, passing the lock timestamps a
+  reader may now ignore, exactly as a row-store read does;
+* ``DataIsNotReady`` (a lagging learner, a Region it does not host yet, a
+  Region that moved during the read): retry until ``max_wait``, then
+* fall back to the row store: the same rows, read at the same ``ts`` through
+  the transactional API, with the same predicate, projection and
+  aggregation applied here (and a warning logged), so a caller always gets
+  the answer, from the replica when it can.
+
+Predicates are ``(column, op, value)`` tuples, ANDed; ops ``= != < <= > >=``,
+``is_null``, ``not_null``. Aggregates are ``(function, column)`` with
+functions ``sum count min max`` (``("count", "*")`` counts rows); with
+``group_by`` they are computed per group. Over the columnar path the node
+computes them (partial aggregation, merged here when several nodes answer).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from kvstore.client.routing import new_channel
+from kvstore.errors import DataIsNotReadyError, InvalidArgumentError, KeyIsLockedError
+from kvstore.proto import columnarpb_pb2
+from kvstore.proto.convert import response_error
+from kvstore.proto.tls import TlsConfig
+
+if TYPE_CHECKING:
+    from kvstore.client.client import Client
+    from kvstore.client.pd_client import PdClient
+
+log = logging.getLogger(__name__)
+
+SCAN_PATH = "/htapkv.columnarpb.Columnar/Scan"
+DEFAULT_MAX_WAIT_S = 5.0
+_OPS = ("=", "!=", "<", "<=", ">", ">=", "is_null", "not_null")
+_AGGS = ("sum", "count", "min", "max")
+
+Predicate = tuple[str, str, Any]
+Aggregate = tuple[str, str]
+
+
+def check_predicates(predicates: Sequence[Predicate]) -> None:
+    for p in predicates:
+        if not (isinstance(p, tuple) and len(p) == 3 and isinstance(p[0], str) and p[1] in _OPS):
+            raise InvalidArgumentError(
+                f"a predicate is (column, op, value) with op one of {', '.join(_OPS)}: {p!r}"
+            )
+
+
+def check_aggregates(aggregates: Sequence[Aggregate]) -> None:
+    for a in aggregates:
+        if not (isinstance(a, tuple) and len(a) == 2 and a[0] in _AGGS and isinstance(a[1], str)):
+            raise InvalidArgumentError(
+                f"an aggregate is (function, column) with function one of {', '.join(_AGGS)}: {a!r}"
+            )
+
+
+def _compare(col: str, op: str, value: Any) -> pc.Expression:
+    f = pc.field(col)
+    if op == "is_null":
+        return f.is_null()
+    if op == "not_null":
+        return ~f.is_null()
+    if value is None:
+        raise InvalidArgumentError(f"predicate {col} {op} needs a value")
+    if op == "=":
+        return f == value
+    if op == "!=":
+        return f != value
+    if op == "<":
+        return f < value
+    if op == "<=":
+        return f <= value
+    if op == ">":
+        return f > value
+    if op == ">=":
+        return f >= value
+    raise InvalidArgumentError(f"unknown predicate operator {op!r}")
+
+
+def predicate_expression(predicates: Sequence[Predicate]) -> pc.Expression | None:
+    """The ANDed predicates as one ``pyarrow.compute`` expression (used by the
+    columnar node and by the row-store fallback alike)."""
+    expr: pc.Expression | None = None
+    for col, op, value in predicates:
+        e = _compare(col, op, value)
+        expr = e if expr is None else expr & e
+    return expr
+
+
+def predicate_from_pb(preds: Sequence[columnarpb_pb2.Predicate]) -> list[Predicate]:
+    out: list[Predicate] = []
+    for p in preds:
+        kind = p.WhichOneof("value")
+        out.append((p.column, p.op, getattr(p, kind) if kind else None))
+    return out
+
+
+def _predicate_pb(p: Predicate) -> columnarpb_pb2.Predicate:
+    col, op, value = p
+    m = columnarpb_pb2.Predicate(column=col, op=op)
+    if op in ("is_null", "not_null"):
+        return m
+    if isinstance(value, bool):
+        m.bool_value = value
+    elif isinstance(value, int):
+        m.int_value = value
+    elif isinstance(value, float):
+        m.double_value = value
+    elif isinstance(value, str):
+        m.string_value = value
+    else:
+        raise InvalidArgumentError(f"predicate values are bool, int, float or str: {value!r}")
+    return m
+
+
+def aggregate(
+    table: pa.Table, group_by: Sequence[str], aggregates: Sequence[Aggregate]
+) -> pa.Table:
+    """Group and aggregate ``table`` (the final step, or the fallback's only)."""
+    spec: list[tuple[Any, str]] = [
+        ([], "count_all") if (fn == "count" and col == "*") else (col, fn) for fn, col in aggregates
+    ]
+    out = table.group_by(list(group_by), use_threads=False).aggregate(spec)
+    return out.rename_columns([*group_by, *(f"{fn}({col})" for fn, col in aggregates)])
+
+
+class ColumnarReader:
+    def __init__(self, client: Client, pd: PdClient, tls: TlsConfig | None = None) -> None:
+        self.client = client
+        self.pd = pd
+        self.tls = tls
+        self._mu = threading.Lock()
+        self._channels: dict[str, grpc.Channel] = {}
+        self.fallbacks = 0  # how many scans the row store answered
+
+    def _nodes(self) -> list[str]:
+        return [
+            s.address
+            for s in self.pd.get_all_stores(exclude_tombstone=True)
+            if any((lb.key, lb.value) == ("engine", "columnar") for lb in s.labels)
+        ]
+
+    def _channel(self, addr: str) -> grpc.Channel:
+        with self._mu:
+            ch = self._channels.get(addr)
+            if ch is None:
+                ch = self._channels[addr] = new_channel(addr, self.tls)
+            return ch
+
+    def _scan_once(self, addr: str, req: columnarpb_pb2.ScanRequest, timeout: float) -> pa.Table:
+        call = self._channel(addr).unary_stream(
+            SCAN_PATH,
+            request_serializer=columnarpb_pb2.ScanRequest.SerializeToString,
+            response_deserializer=columnarpb_pb2.ScanResponse.FromString,
+        )
+        chunks: list[bytes] = []
+        for resp in call(req, timeout=timeout):
+            err = response_error(resp)
+            if err is not None:
+                raise err
+            chunks.append(resp.arrow_ipc)
+        return pa.ipc.open_stream(pa.py_buffer(b"".join(chunks))).read_all()
+
+    def scan(
+        self,
+        table: str,
+        columns: Sequence[str] | None = None,
+        predicate: Sequence[Predicate] = (),
+        ts: int | None = None,
+        *,
+        group_by: Sequence[str] = (),
+        aggregates: Sequence[Aggregate] = (),
+        max_wait: float = DEFAULT_MAX_WAIT_S,
+    ) -> pa.Table:
+        check_predicates(predicate)
+        check_aggregates(aggregates)
+        if group_by and not aggregates:
+            raise InvalidArgumentError("group_by needs aggregates")
+        ts = ts or self.client.tso()
+        req = columnarpb_pb2.ScanRequest(
+            table=table,
+            ts=ts,
+            columns=list(columns or ()),
+            group_by=list(group_by),
+            max_wait_ms=int(min(max_wait, 2.0) * 1000),
+        )
+        req.predicates.extend(_predicate_pb(p) for p in predicate)
+        for fn, col in aggregates:
+            # Partial aggregates merge by summing counts and sums and taking
+            # the min of mins and the max of maxes.
+            req.aggregates.add(func=fn, column="" if col == "*" else col)
+        deadline = time.monotonic() + max_wait
+        bypass: set[int] = set()
+        attempt = 0
+        why = "no columnar node"
+        while time.monotonic() < deadline:
+            nodes = self._nodes()
+            if not nodes:
+                break
+            del req.bypass_locks[:]
+            req.bypass_locks.extend(sorted(bypass))
+            try:
+                parts = [self._scan_once(a, req, deadline - time.monotonic()) for a in nodes[:1]]
+            except KeyIsLockedError as e:
+                wait_ms = self.client.resolver.resolve([e.lock], ts, bypass)
+                if wait_ms:
+                    attempt += 1
+                    time.sleep(min(wait_ms, 2 ** min(attempt, 8)) / 1000)
+                continue
+            except DataIsNotReadyError as e:
+                why = str(e)
+                attempt += 1
+                time.sleep(min(0.5, 0.01 * 2**attempt))
+                continue
+            except grpc.RpcError as e:
+                why = f"columnar node unreachable ({e.code()})"
+                break
+            result = parts[0]
+            if aggregates:
+                result = self._final(result, group_by, aggregates)
+            return result
+        self.fallbacks += 1
+        log.warning("columnar scan of %s at %d fell back to the row store: %s", table, ts, why)
+        return row_store_scan(self.client, table, columns, predicate, ts, group_by, aggregates)
+
+    @staticmethod
+    def _final(
+        partial: pa.Table, group_by: Sequence[str], aggregates: Sequence[Aggregate]
+    ) -> pa.Table:
+        # One node answered for the whole table: its partial aggregate is the
+        # final one; only the column names follow this API's convention.
+        names = [f"{fn}({col})" for fn, col in aggregates]
+        return partial.rename_columns([*group_by, *names])
+
+    def close(self) -> None:
+        with self._mu:
+            channels, self._channels = list(self._channels.values()), {}
+        for ch in channels:
+            ch.close()
+
+
+def row_store_scan(
+    client: Client,
+    table: str,
+    columns: Sequence[str] | None,
+    predicate: Sequence[Predicate],
+    ts: int | None,
+    group_by: Sequence[str] = (),
+    aggregates: Sequence[Aggregate] = (),
+) -> pa.Table:
+    """The same answer as a columnar scan, from the row store at ``ts``."""
+    from kvstore.client.tables import get_table, scan_rows
+    from kvstore.client.txn import Transaction
+
+    check_predicates(predicate)
+    check_aggregates(aggregates)
+    txn = Transaction(client, ts or client.tso())
+    try:
+        info = get_table(txn, table)
+        t = scan_rows(txn, info)
+    finally:
+        txn.rollback()
+    expr = predicate_expression(predicate)
+    if expr is not None:
+        t = t.filter(expr)
+    if aggregates:
+        return aggregate(t, group_by, aggregates)
+    return t.select(list(columns)) if columns else t
+
+
+__all__ = [
+    "ColumnarReader",
+    "aggregate",
+    "predicate_expression",
+    "predicate_from_pb",
+    "row_store_scan",
+]
