@@ -229,8 +229,12 @@ class ColumnarReader:
                 time.sleep(min(0.5, 0.01 * 2**attempt))
                 continue
             except grpc.RpcError as e:
+                # Down, restarting, or reconnecting: try again until the
+                # deadline, then let the row store answer.
                 why = f"columnar node unreachable ({e.code()})"
-                break
+                attempt += 1
+                time.sleep(min(0.2, 0.01 * 2**attempt, max(0.0, deadline - time.monotonic())))
+                continue
             result = parts[0]
             if aggregates:
                 result = self._final(result, group_by, aggregates)

@@ -184,6 +184,27 @@ class ColumnarService:
             raise last
         raise DataIsNotReadyError(region.id, reason=f"no read index from the leader ({last})")
 
+    def _catch_up(self, region: Region, deadline: float) -> None:
+        """Wait until this learner has applied ``region`` up to its leader's
+        read index (``DataIsNotReady`` at the deadline)."""
+        index = self.read_index(region, deadline)
+        peer = self.store.peers.get(region.id)
+        if peer is None:
+            raise DataIsNotReadyError(region.id, reason="region moved away")
+        fresh = self.freshness.setdefault(region.id, _Freshness())
+        fresh.leader_index = index
+        while peer.log_applied_index() < index:
+            if fresh.behind_since == 0.0:
+                fresh.behind_since = time.monotonic()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DataIsNotReadyError(
+                    region.id,
+                    reason=f"learner at {peer.log_applied_index()}, leader at {index}",
+                )
+            self.store.driver.wait_loop(min(left, 0.05))
+        fresh.behind_since = 0.0
+
     # ------------------------------------------------------------ scan
     def _regions_of(self, table_id: int) -> list[Region]:
         lo, hi = tablecodec.row_range(table_id)
@@ -208,28 +229,22 @@ class ColumnarService:
     def scan(self, req: columnarpb_pb2.ScanRequest) -> pa.Table:
         if not req.table or req.ts <= 0:
             raise InvalidArgumentError("Scan needs a table and a positive ts")
-        info = self.columnar.table_info(req.table)
         wait_s = (req.max_wait_ms or DEFAULT_MAX_WAIT_MS) / 1000
         deadline = time.monotonic() + wait_s
+        # The schema first: the table's DDL (or a later ADD COLUMN) may be
+        # newer than what this learner applied of the Region holding it.
+        name_key = codec.txn_key(tablecodec.table_name_key(req.table))
+        meta_region = next(
+            (p.region for p in list(self.store.peers.values()) if p.region.contains(name_key)),
+            None,
+        )
+        if meta_region is None:
+            raise DataIsNotReadyError(0, reason="this node does not host the schema's Region yet")
+        self._catch_up(meta_region, deadline)
+        info = self.columnar.table_info(req.table)
         regions = self._regions_of(info.id)
         for r in regions:
-            index = self.read_index(r, deadline)
-            peer = self.store.peers.get(r.id)
-            if peer is None:
-                raise DataIsNotReadyError(r.id, reason="region moved away")
-            fresh = self.freshness.setdefault(r.id, _Freshness())
-            fresh.leader_index = index
-            while peer.log_applied_index() < index:
-                if fresh.behind_since == 0.0:
-                    fresh.behind_since = time.monotonic()
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise DataIsNotReadyError(
-                        r.id,
-                        reason=f"learner at {peer.log_applied_index()}, leader at {index}",
-                    )
-                self.store.driver.wait_loop(min(left, 0.05))
-            fresh.behind_since = 0.0
+            self._catch_up(r, deadline)
         columns = list(req.columns) or None
         table = self.columnar.read(
             info,

@@ -11,6 +11,7 @@ from rich.table import Table
 from kvstore import codec
 from kvstore.client.pd_client import PdClient
 from kvstore.client.routing import new_channel
+from kvstore.proto import columnarpb_pb2
 from kvstore.proto.tls import TlsConfig
 
 PROBE_TIMEOUT_S = 1.0
@@ -25,6 +26,33 @@ def _answers(addr: str, tls: TlsConfig | None) -> bool:
         return False
     finally:
         ch.close()
+
+
+def _print_freshness(console: Console, store_id: int, addr: str, tls: TlsConfig | None) -> None:
+    ch = new_channel(addr, tls)
+    try:
+        resp = columnarpb_pb2.StatusResponse.FromString(
+            ch.unary_unary("/htapkv.columnarpb.Columnar/Status")(b"", timeout=PROBE_TIMEOUT_S * 5)
+        )
+    except grpc.RpcError as e:
+        console.print(f"Columnar freshness (store {store_id}): [red]unreachable[/red] ({e.code()})")
+        return
+    finally:
+        ch.close()
+    t = Table(
+        title=f"Columnar freshness (store {store_id}, tables: {', '.join(resp.tables) or '-'})"
+    )
+    for col in ("region", "applied index", "leader read index", "lag entries", "lag ms"):
+        t.add_column(col)
+    for r in resp.regions:
+        t.add_row(
+            str(r.region_id),
+            str(r.applied_index),
+            str(r.leader_index or "-"),
+            str(r.lag_entries),
+            f"{r.lag_ms:.0f}",
+        )
+    console.print(t)
 
 
 def print_status(pd_addrs: str, out: TextIO, tls: TlsConfig | None = None) -> int:
@@ -86,6 +114,9 @@ def print_status(pd_addrs: str, out: TextIO, tls: TlsConfig | None = None) -> in
         console.print(t)
         sp = pd.get_gc_safe_point()
         console.print(f"GC safe point: {sp}")
+        for s in pd.get_all_stores():
+            if any((lb.key, lb.value) == ("engine", "columnar") for lb in s.labels):
+                _print_freshness(console, s.id, s.address, tls)
     finally:
         pd.close()
     return 1 if unhealthy else 0
