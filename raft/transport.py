@@ -45,6 +45,8 @@ RECONNECT_INTERVAL = 0.2
 # otherwise make pysyncobj's write buffer grow without bound. Raft resends
 # whatever a dropped link lost.
 MAX_UNSENT_BYTES = 64 * 1024 * 1024
+# A learner no voter has fed for this long says hello again (seconds).
+LEARNER_HELLO_INTERVAL = 0.5
 _HELLO, _MSG, _LEARNER = 0, 1, 2
 
 
@@ -195,8 +197,11 @@ class StoreTransportHub:
         return out
 
     def tick(self) -> None:
-        """Driver thread, every loop: (re)dial the stores some group needs."""
+        """Driver thread, every loop: (re)dial the stores some group needs;
+        learners not being fed introduce themselves again."""
         now = monotonic_time()
+        for t in list(self.groups.values()):
+            t.keep_introducing(now)
         for addr in self._wanted():
             link = self.links.setdefault(addr, _Link(addr))
             conn = link.conn
@@ -326,6 +331,8 @@ class MuxTransport(Transport):  # type: ignore[misc]
         self._nodes: dict[str, Any] = {n.id: n for n in otherNodes}
         self._learners: dict[str, Any] = {}
         self._connected: set[str] = set()
+        self._last_fed = 0.0  # learner: when a voter last sent this group anything
+        self._last_hello = 0.0
         self.hub.groups[self.group_id] = self
 
     # pysyncobj API ------------------------------------------------
@@ -396,8 +403,23 @@ class MuxTransport(Transport):  # type: ignore[misc]
             self._onReadonlyNodeDisconnected(node)
 
     def deliver(self, addr: str, message: Any) -> None:
+        if self._self is None:
+            self._last_fed = monotonic_time()
         node = self._nodes.get(addr) or self._learners.get(addr) or TCPNode(addr)
         self._onMessageReceived(node, message)
+
+    def keep_introducing(self, now: float) -> None:
+        """Learner: say hello again while no voter feeds this group. The
+        first hello is lost when it reaches a store that has not created the
+        group yet (a split applied here first), and a voter that never got it
+        may become the leader; pysyncobj retries its own messages, not ours."""
+        if self._self is not None or now - self._last_fed < LEARNER_HELLO_INTERVAL:
+            return
+        if now - self._last_hello < LEARNER_HELLO_INTERVAL:
+            return
+        self._last_hello = now
+        for addr in self._connected:
+            self.hub.send(addr, self.group_id, _LEARNER, None)
 
 
 def transport_class(hub: StoreTransportHub, group_id: int) -> type[MuxTransport]:

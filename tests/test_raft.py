@@ -180,6 +180,28 @@ def test_learner_receives_every_entry_with_its_index(tmp_path: Path) -> None:
             n.stop()
 
 
+def test_learner_created_before_its_voters_is_fed(tmp_path: Path) -> None:
+    # As after a split applied on the learner's store first: its hello reaches
+    # stores that do not host the group yet and is dropped there. The learner
+    # must introduce itself again until a voter feeds it.
+    nodes = make_nodes(tmp_path, 4)
+    addrs = [n.addr for n in nodes]
+    voters = addrs[:3]
+    try:
+        for n in nodes[:3]:  # links up, through another group
+            n.host(1, voters)
+        propose(nodes[:3], 1, b"links")
+        nodes[3].host(8, voters, learner=True)  # hello sent now, and lost
+        nodes[3].driver.wait_loop(1.0)  # one driver loop: the hello has gone out
+        for n in nodes[:3]:
+            n.host(8, voters)
+        propose(nodes[:3], 8, b"fed")
+        wait_for(lambda: nodes[3].machines[8].commands() == [b"fed"], what="the learner fed")
+    finally:
+        for n in nodes:
+            n.stop()
+
+
 def test_whole_group_restart_replays_the_durable_log(tmp_path: Path) -> None:
     nodes = make_nodes(tmp_path, 3)
     addrs = [n.addr for n in nodes]
