@@ -33,11 +33,13 @@ exported as Prometheus metrics.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import logging
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +77,7 @@ COLUMNAR_LABEL = ("engine", "columnar")
 IPC_MESSAGE_BYTES = 1 << 20
 DEFAULT_MAX_WAIT_MS = 2000
 COMPACT_EVERY_S = 0.5
+CATCH_UP_THREADS = 16
 
 # Rebuilding a Region replays its engine contents as ops. The order matters:
 # a commit record (write CF) of a long value needs the value (default CF) and
@@ -138,21 +141,19 @@ class ColumnarService:
         self.pd = pd
         self.tls = tls
         self._mu = threading.Lock()
-        self._leaders: dict[str, tuple[grpc.Channel, GrpcKvBackend, list[Any]]] = {}
+        self._channels: dict[str, grpc.Channel] = {}
+        self._pool = ThreadPoolExecutor(CATCH_UP_THREADS, thread_name_prefix="learner-read")
         self.freshness: dict[int, _Freshness] = {}
 
     # ------------------------------------------------------------ read index
-    def _leader_stub(self, addr: str) -> tuple[GrpcKvBackend, list[Any]]:
+    def _channel(self, addr: str) -> grpc.Channel:
         from kvstore.client.routing import new_channel
 
         with self._mu:
-            entry = self._leaders.get(addr)
-            if entry is None:
-                slot: list[Any] = [None]
-                ch = new_channel(addr, self.tls)
-                stub = GrpcKvBackend(addr, lambda: slot[0], channel=ch, timeout=5.0)
-                entry = self._leaders[addr] = (ch, stub, slot)
-            return entry[1], entry[2]
+            ch = self._channels.get(addr)
+            if ch is None:
+                ch = self._channels[addr] = new_channel(addr, self.tls)
+            return ch
 
     def read_index(self, region: Region, deadline: float) -> int:
         """The leader's read index for ``region`` (this learner's view of it),
@@ -170,13 +171,14 @@ class ColumnarService:
                 if store is None:
                     raise DataIsNotReadyError(region.id, reason="leader store unknown")
                 leader = next(p for p in current.peers if p.store_id == leader_store)
-                # One stub per leader store; its context is set per call under
-                # the lock (calls to one store are serialised here, which is
-                # fine: one read index serves a whole scan).
-                stub, slot = self._leader_stub(store.address)
-                with self._mu:
-                    slot[0] = RequestContext(region.id, current.epoch, leader)
-                    return stub.read_index()
+                ctx = RequestContext(region.id, current.epoch, leader)
+                stub = GrpcKvBackend(
+                    store.address,
+                    functools.partial(lambda c: c, ctx),
+                    channel=self._channel(store.address),
+                    timeout=5.0,
+                )
+                return stub.read_index()
             except (RegionError, grpc.RpcError) as e:
                 last = e
                 time.sleep(0.02)  # an election or a PD refresh: try again shortly
@@ -243,8 +245,9 @@ class ColumnarService:
         self._catch_up(meta_region, deadline)
         info = self.columnar.table_info(req.table)
         regions = self._regions_of(info.id)
-        for r in regions:
-            self._catch_up(r, deadline)
+        # Every Region's read index at once: each is a Raft round on its leader.
+        for f in [self._pool.submit(self._catch_up, r, deadline) for r in regions]:
+            f.result()
         columns = list(req.columns) or None
         table = self.columnar.read(
             info,
@@ -317,10 +320,10 @@ class ColumnarService:
         )
 
     def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
         with self._mu:
-            entries, self._leaders = list(self._leaders.values()), {}
-        for ch, stub, _ in entries:
-            stub.close()
+            channels, self._channels = list(self._channels.values()), {}
+        for ch in channels:
             ch.close()
 
 
