@@ -7,7 +7,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from kvstore.client.backend import KvBackend, TsoBackend
@@ -27,6 +27,7 @@ T = TypeVar("T")
 DEFAULT_LOCK_TTL_MS = 3000
 MAX_LOCK_TTL_MS = 20_000
 DEFAULT_LOCK_WAIT_TIMEOUT_S = 20.0
+SECONDARIES_GRACE_S = 5.0
 
 
 class Client:
@@ -61,6 +62,7 @@ class Client:
         self._closed = False
         self._close_lock = threading.Lock()
         self._committer = ThreadPoolExecutor(2, thread_name_prefix="txn-secondaries")
+        self._secondaries: set[Future[None]] = set()
         # Set by kvstore.connect when the cluster can serve analytic reads.
         self.columnar: ColumnarReader | None = None
 
@@ -75,9 +77,17 @@ class Client:
                 self.backend.kv_commit(keys, start_ts, commit_ts)
 
         try:
-            self._committer.submit(run)
+            fut = self._committer.submit(run)
         except RuntimeError:  # closing: do it here and now
             run()
+            return
+        with self._close_lock:
+            self._secondaries.add(fut)
+        fut.add_done_callback(self._secondary_done)
+
+    def _secondary_done(self, fut: Future[None]) -> None:
+        with self._close_lock:
+            self._secondaries.discard(fut)
 
     # ---------------------------------------------------------------- API
     def begin(self) -> Transaction:
@@ -180,15 +190,21 @@ class Client:
             if self._closed:
                 return
             self._closed = True
-        # Secondaries still being committed finish first: the transactions
-        # are committed either way, but leaving their locks behind would make
-        # the next readers resolve them.
-        self._committer.shutdown(wait=True)
+        # Secondaries still being committed get a few seconds to finish: the
+        # transactions are committed either way, but locks left behind make
+        # the next readers resolve them. Against an unreachable cluster they
+        # are dropped (cancelled, or failed fast once the backend is closed)
+        # rather than holding close() for a timeout each.
+        with self._close_lock:
+            pending = list(self._secondaries)
+        wait(pending, timeout=SECONDARIES_GRACE_S)
+        self._committer.shutdown(wait=False, cancel_futures=True)
         if self.columnar is not None:
             self.columnar.close()
         self.ttl_manager.close()
         if self._on_close is not None:
             self._on_close()
+        self._committer.shutdown(wait=True)
 
     def __enter__(self) -> Client:
         return self
