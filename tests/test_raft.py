@@ -425,6 +425,9 @@ def test_a_link_that_stops_draining_is_dropped(monkeypatch: pytest.MonkeyPatch) 
         def on_link_down(self, addr: str) -> None:
             pass
 
+        def keep_introducing(self, now: float) -> None:
+            pass
+
     hub.groups[1] = _Wants()  # type: ignore[assignment]
     accepted: list[socket.socket] = []
     try:
