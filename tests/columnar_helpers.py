@@ -68,7 +68,11 @@ def open_teed(
     interleaving is deterministic."""
     tee = TeeEngine(MemoryEngine(), columnar)
     store = EmbeddedStore(tee, durable=False)
-    client = Client(store, store, on_close=store.close, lock_ttl_ms=lock_ttl_ms)
+    # A short lock wait: a broken engine that keeps reporting a resolved lock
+    # fails the test in seconds, not after the default 20 s per read.
+    client = Client(
+        store, store, on_close=store.close, lock_ttl_ms=lock_ttl_ms, lock_wait_timeout=2.0
+    )
 
     def commit_secondaries(keys: list[bytes], start_ts: int, commit_ts: int) -> None:
         with contextlib.suppress(KVError):

@@ -39,6 +39,7 @@ import itertools
 from typing import Any
 
 import pyarrow as pa
+import pytest
 from columnar_helpers import open_teed
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
@@ -114,6 +115,7 @@ class ColumnarMachine(RuleBasedStateMachine):
         }
         self.open: list[Transaction] = []
         self.timestamps: list[int] = [c.tso()]
+        self.commits: list[int] = []
         self.added = 0
         self.counter = itertools.count()
 
@@ -154,6 +156,7 @@ class ColumnarMachine(RuleBasedStateMachine):
             return
         if t.commit_ts is not None:
             self.timestamps.append(t.commit_ts)
+            self.commits.append(t.commit_ts)
 
     # ------------------------------------------------------------ rules
     @precondition(lambda self: len(self.open) < MAX_OPEN)
@@ -223,7 +226,14 @@ class ColumnarMachine(RuleBasedStateMachine):
     def read(self, tbl: str, pick: int, delta: int) -> None:
         sp = self.col.gc_safe_point
         above = [t for t in self.timestamps if t >= sp] or self.timestamps
-        self._compare(tbl, max(1, above[pick % len(above)] + delta))
+        # Small picks are drawn most: count from the newest.
+        self._compare(tbl, max(1, above[-1 - pick % len(above)] + delta))
+
+    @precondition(lambda self: self.commits)
+    @rule(tbl=tbl_st, back=st.integers(min_value=0, max_value=3), delta=st.sampled_from([-1, 0]))
+    def read_at_commit(self, tbl: str, back: int, delta: int) -> None:
+        # Exactly at a recent commit_ts (sees it) and just below (does not).
+        self._compare(tbl, self.commits[max(0, len(self.commits) - 1 - back)] + delta)
 
     @rule(tbl=tbl_st, pick=st.integers(min_value=0))
     def read_any(self, tbl: str, pick: int) -> None:
@@ -285,8 +295,18 @@ class ColumnarMachine(RuleBasedStateMachine):
 
 TestColumnarMatchesRowStore = ColumnarMachine.TestCase
 TestColumnarMatchesRowStore.settings = settings(
-    max_examples=100,
+    max_examples=50,
     stateful_step_count=60,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+@pytest.mark.slow
+class TestColumnarMatchesRowStoreLong(ColumnarMachine.TestCase):  # type: ignore[misc,name-defined]
+    settings = settings(
+        max_examples=400,
+        stateful_step_count=80,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
