@@ -647,7 +647,10 @@ def make_table(
 # ------------------------------------------------------------------ bulk decode
 def _gather(data: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
     """Bytes ``data[pos[i] : pos[i] + width]`` for each i, as a (n, width) array."""
-    return data[pos[:, None] + np.arange(width, dtype=np.int64)]
+    # Row-wise take from a strided window view: one memcpy per row, ~4x
+    # faster than indexing every byte.
+    out: np.ndarray = np.lib.stride_tricks.sliding_window_view(data, width)[pos]
+    return out
 
 
 def _gather_u32(data: np.ndarray, pos: np.ndarray) -> np.ndarray:
@@ -665,6 +668,15 @@ def _constant(col: ColumnInfo, n: int) -> pa.Array:
     if col.default is None:
         return pa.nulls(n, col.arrow_type)
     return pa.repeat(pa.scalar(col.default, col.arrow_type), n)
+
+
+def _groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(keys, return_inverse=True)``, without its sort when every
+    key is the same (values of one schema version usually are)."""
+    if (keys == keys[0]).all():
+        return keys[:1], np.zeros(len(keys), dtype=np.int64)
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    return uniq, inverse
 
 
 def _column_array(
@@ -715,17 +727,18 @@ def decode_rows_partial(
     if n == 0:
         return pa.RecordBatch.from_pylist([], schema=schema), np.zeros(0, dtype=np.int64)
     try:
-        binary = pa.array(values, pa.large_binary())
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+        # One buffer of all values plus their offsets, built by C loops
+        # (bytes.join, map(len)): no Python object per value is created.
+        joined = b"".join(values)
+        lens = np.fromiter(map(len, values), dtype=np.int64, count=n)
+    except TypeError:
         raise RowFormatError("row values must be bytes") from None
-    bufs = binary.buffers()
-    offsets = np.frombuffer(bufs[1], dtype=np.int64)[: n + 1]
-    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
-    # Guard every gather below: pad so that reads a few bytes past a short
-    # value stay inside the buffer; lengths are validated before use.
-    data = np.concatenate([data, np.zeros(16, dtype=np.uint8)])
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    # Pad so that a gather a few bytes past a short value stays inside the
+    # buffer; lengths are validated before any gathered byte is used.
+    data = np.frombuffer(joined + bytes(16), dtype=np.uint8)
     starts = offsets[:-1]
-    lens = np.diff(offsets)
     if (lens < 6).any():
         raise RowFormatError("row value shorter than its header")
     if (data[starts] != ROW_FORMAT_VERSION).any():
@@ -738,7 +751,8 @@ def decode_rows_partial(
     by_id = {c.id: c for c in cols}
     known_ids = {c.id for c in table.columns} | set(by_id)
     pieces: list[tuple[np.ndarray, list[pa.Array]]] = []
-    shape_keys, shape_of = np.unique(nn * 65536 + nnull, return_inverse=True)
+    shape = nn * 65536 + nnull
+    shape_keys, shape_of = _groups(shape)
     for si, shape in enumerate(shape_keys.tolist()):
         k_nn, k_null = divmod(int(shape), 65536)
         m = k_nn + k_null
@@ -751,8 +765,11 @@ def decode_rows_partial(
                 .view("<u4")
                 .reshape(len(rows), m)
             )
-            layouts, layout_of = np.unique(ids, axis=0, return_inverse=True)
-            layout_of = layout_of.reshape(-1)
+            if (ids == ids[0]).all():  # the common case: one layout, no sort
+                layouts, layout_of = ids[:1], np.zeros(len(rows), dtype=np.int64)
+            else:
+                layouts, layout_of = np.unique(ids, axis=0, return_inverse=True)
+                layout_of = layout_of.reshape(-1)
         else:
             layouts, layout_of = np.zeros((1, 0), dtype=np.uint32), np.zeros(len(rows), np.int64)
         for li, layout in enumerate(layouts.tolist()):
