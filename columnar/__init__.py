@@ -47,10 +47,12 @@ the safe point raise ``GcTooEarlyError``.
 (3) Compaction never changes what any read at ``ts >= safe point`` returns,
 whenever it runs.
 
-**Not yet.** Persistence: the store is in memory and rebuilt by re-applying
-the log or a Region snapshot (whose ``delete_range`` + puts it handles).
-Per-Region epoch re-checks and read-index waits are the learner process's
-job (``wait_applied`` is the hook). Pure: no wall clock, no randomness.
+**Persistence** is not this package's: the store is in memory. The columnar
+node (``kvstore.server.columnar_node``) keeps each learner's row data in its
+own RocksDB replica and rebuilds a Region's Arrow state from it on start and
+on a snapshot install (``delete_range`` + puts, which apply handles). The
+read-index waits and per-Region epoch re-checks are the node's job too.
+Pure: no wall clock, no randomness.
 """
 
 from columnar.aggregate import merge_partials, partial_aggregate
