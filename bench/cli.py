@@ -9,8 +9,9 @@ def register(sub: Any) -> None:
     p = sub.add_parser("bench", help="run a benchmark beside its baseline")
     workloads = p.add_subparsers(dest="workload", metavar="WORKLOAD")
     workloads.required = True
-    from bench import raft, storage, ycsb
+    from bench import columnar, raft, storage, ycsb
 
     storage.register(workloads)
     raft.register(workloads)
     ycsb.register(workloads)
+    columnar.register(workloads)
