@@ -343,6 +343,7 @@ class ColumnarStore:
         columns: Sequence[str] | None = None,
         predicate: pc.Expression | None = None,
         bypass_locks: Collection[int] = (),
+        predicate_columns: Sequence[str] | None = None,
     ) -> pa.Table:
         """Rows of ``table`` visible at ``ts``, in primary-key order: exactly
         what a row-store scan of the table's rows at ``ts`` returns.
@@ -350,7 +351,9 @@ class ColumnarStore:
         ``table``: an id, a name, or a :class:`TableInfo` (whose columns then
         shape the result, as :func:`kvstore.client.tables.scan_rows` would).
         ``columns`` projects; ``predicate`` (a ``pyarrow.compute`` expression
-        over column names) filters after the MVCC filter. Raises
+        over column names) filters after the MVCC filter; ``predicate_columns``
+        (the columns it names) lets the read take only those and the
+        projected ones. Raises
         :class:`KeyIsLockedError` for the first lock (in key order) on a row
         of the table that blocks a read at ``ts`` (resolve it and retry,
         passing ``bypass_locks`` as for the row store),
@@ -383,7 +386,7 @@ class ColumnarStore:
                 is_sorted = not td.deltas
         if not parts:
             return out_info.arrow_schema(columns).empty_table()
-        return _select(parts, is_sorted, out_info, ts, columns, predicate)
+        return _select(parts, is_sorted, out_info, ts, columns, predicate, predicate_columns)
 
     def _check_locks(self, table_id: int, ts: int, bypass: Collection[int]) -> None:
         locks = self._locks.get(table_id)
@@ -453,10 +456,18 @@ def _select(
     ts: int,
     columns: Sequence[str] | None,
     predicate: pc.Expression | None,
+    predicate_columns: Sequence[str] | None = None,
 ) -> pa.Table:
     out_cols = list(info.columns) if columns is None else [info.column(n) for n in columns]
-    # The predicate may name any column: take them all then, project after.
-    need = list(info.columns) if predicate is not None else out_cols
+    # The predicate may name any column: without its list, take them all and
+    # project after; with it, only the columns the answer or the filter need.
+    if predicate is None:
+        need = out_cols
+    elif predicate_columns is None:
+        need = list(info.columns)
+    else:
+        wanted = {c.name for c in out_cols} | set(predicate_columns)
+        need = [c for c in info.columns if c.name in wanted]
     t = merge(parts, need)
     t, idx = visible_indices(t, ts, is_sorted=is_sorted)
     t = t.drop_columns(list(HIDDEN)).take(pa.array(idx))

@@ -18,13 +18,18 @@ d. The columnar node SIGKILLed under a write load: scans fall back to the
    replica plus the log, converges with the row store and serves again; its
    freshness shows in Columnar.Status, /metrics and ``htapkv cluster status``.
 e. A read below the GC safe point fails with GcTooEarlyError.
+f. Predicates on DATE and DECIMAL columns push down; one that does not fit
+   its column is a typed error at once (not a wait and a fallback).
 """
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,7 +43,7 @@ from hypothesis import strategies as st
 from kvstore.client import Client, tables
 from kvstore.client.columnar import row_store_scan
 from kvstore.client.routing import new_channel
-from kvstore.errors import GcTooEarlyError
+from kvstore.errors import GcTooEarlyError, InvalidArgumentError
 from kvstore.proto import columnarpb_pb2
 from kvstore.server.cluster import LocalCluster
 
@@ -301,3 +306,31 @@ def test_read_below_gc_safe_point_fails(cluster: LocalCluster, client: Client) -
     cluster.wait_for("reads below the safe point to be refused", refused, 60)
     with pytest.raises(GcTooEarlyError):
         client.columnar_scan("gcd", ts=old)
+
+
+# --------------------------------------------------------------------------- f
+def test_date_predicates_push_down_and_bad_ones_fail_fast(client: Client) -> None:
+    info = tables.create_table(
+        client, "events", [("id", "BIGINT"), ("day", "DATE"), ("price", "DECIMAL(10,2)")], "id"
+    )
+    start = datetime.date(2026, 1, 1)
+    with client.begin() as txn:
+        rows = [
+            {"id": i, "day": start + datetime.timedelta(days=i), "price": decimal.Decimal(i) / 4}
+            for i in range(60)
+        ]
+        tables.insert(txn, info, rows)
+    ts = client.tso()
+    assert client.columnar is not None
+    before = client.columnar.fallbacks
+    pred = [("day", "<=", datetime.date(2026, 1, 31)), ("price", ">", decimal.Decimal("2.5"))]
+    got = client.columnar_scan("events", ["id"], pred, ts)
+    assert client.columnar.fallbacks == before  # answered by the node
+    assert sorted(got.column("id").to_pylist()) == list(range(11, 31))
+    # A predicate that does not fit its column: a typed error at once, not a
+    # wait for the node and a fallback.
+    t0 = time.monotonic()
+    with pytest.raises(InvalidArgumentError):
+        client.columnar_scan("events", None, [("day", ">", "not a date")], ts)
+    assert client.columnar.fallbacks == before
+    print(f"bad predicate refused in {time.monotonic() - t0:.3f} s")

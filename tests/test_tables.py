@@ -61,3 +61,19 @@ def test_create_insert_update_delete_scan() -> None:
             {"id": 1, "name": "u1", "age": 18, "email": None},
             {"id": 2, "name": "u2", "age": 40, "email": None},
         ]
+
+
+def test_delete_then_insert_in_one_transaction_replaces_the_row() -> None:
+    with kvstore.open(None) as client:
+        t = tables.create_table(client, "t", [("id", "BIGINT"), ("v", "INT")], "id")
+        with client.begin() as txn:
+            tables.insert(txn, t, [{"id": 1, "v": 1}])
+        with client.begin() as txn:  # DELETE then INSERT of the same key, as in SQL
+            tables.delete(txn, t, [1])
+            tables.insert(txn, t, [{"id": 1, "v": 2}])
+        with client.begin() as txn:
+            assert tables.scan_rows(txn, t).to_pylist() == [{"id": 1, "v": 2}]
+        txn = client.begin()
+        tables.insert(txn, t, [{"id": 1, "v": 3}])  # no delete first: taken
+        with pytest.raises(AlreadyExistsError):
+            txn.commit()

@@ -23,6 +23,8 @@ computes them (partial aggregation, merged here when several nodes answer).
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import logging
 import threading
 import time
@@ -51,6 +53,8 @@ _OPS = ("=", "!=", "<", "<=", ">", ">=", "is_null", "not_null")
 _AGGS = ("sum", "count", "min", "max")
 
 Predicate = tuple[str, str, Any]
+_EPOCH = datetime.date(1970, 1, 1)
+_EPOCH_DT = datetime.datetime(1970, 1, 1)
 Aggregate = tuple[str, str]
 
 
@@ -107,7 +111,14 @@ def predicate_from_pb(preds: Sequence[columnarpb_pb2.Predicate]) -> list[Predica
     out: list[Predicate] = []
     for p in preds:
         kind = p.WhichOneof("value")
-        out.append((p.column, p.op, getattr(p, kind) if kind else None))
+        value: Any = getattr(p, kind) if kind else None
+        if kind == "date_value":
+            value = _EPOCH + datetime.timedelta(days=value)
+        elif kind == "timestamp_us":
+            value = _EPOCH_DT + datetime.timedelta(microseconds=value)
+        elif kind == "decimal_value":
+            value = decimal.Decimal(value)
+        out.append((p.column, p.op, value))
     return out
 
 
@@ -124,8 +135,18 @@ def _predicate_pb(p: Predicate) -> columnarpb_pb2.Predicate:
         m.double_value = value
     elif isinstance(value, str):
         m.string_value = value
+    elif isinstance(value, datetime.datetime):  # before date: a datetime is a date
+        if value.tzinfo is not None:
+            value = value.astimezone(datetime.UTC).replace(tzinfo=None)
+        m.timestamp_us = (value - _EPOCH_DT) // datetime.timedelta(microseconds=1)
+    elif isinstance(value, datetime.date):
+        m.date_value = (value - _EPOCH).days
+    elif isinstance(value, decimal.Decimal):
+        m.decimal_value = str(value)
     else:
-        raise InvalidArgumentError(f"predicate values are bool, int, float or str: {value!r}")
+        raise InvalidArgumentError(
+            f"predicate values are bool, int, float, str, date, datetime or Decimal: {value!r}"
+        )
     return m
 
 
@@ -229,9 +250,12 @@ class ColumnarReader:
                 time.sleep(min(0.5, 0.01 * 2**attempt))
                 continue
             except grpc.RpcError as e:
+                why = f"columnar node unreachable ({e.code()})"
+                if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    why = f"columnar node failed ({e.code()}: {e.details()})"
+                    break  # not a matter of time: the row store answers now
                 # Down, restarting, or reconnecting: try again until the
                 # deadline, then let the row store answer.
-                why = f"columnar node unreachable ({e.code()})"
                 attempt += 1
                 time.sleep(min(0.2, 0.01 * 2**attempt, max(0.0, deadline - time.monotonic())))
                 continue

@@ -49,6 +49,9 @@ __all__ = [
 ]
 
 
+# Rows per scan call of scan_rows (each call is one RPC per Region).
+SCAN_PAGE_ROWS = 20_000
+
 def create_table(
     client: Client,
     name: str,
@@ -180,6 +183,13 @@ def scan_rows(txn: Transaction, table: TableInfo, columns: Sequence[str] | None 
     buffered writes), in primary-key order, read from the row store. Locks
     met on the way are resolved as by any read."""
     start, end = row_range(table.id)
-    pairs = txn.scan(start, end)
-    batch = decode_rows(table, [v for _, v in pairs], columns)
+    values: list[bytes] = []
+    # In pages: one scan RPC over a big table would outlast the call timeout.
+    while True:
+        pairs = txn.scan(start, end, limit=SCAN_PAGE_ROWS)
+        values.extend(v for _, v in pairs)
+        if len(pairs) < SCAN_PAGE_ROWS:
+            break
+        start = pairs[-1][0] + b"\x00"
+    batch = decode_rows(table, values, columns)
     return pa.Table.from_batches([batch])

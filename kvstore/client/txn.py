@@ -135,9 +135,12 @@ class Transaction:
 
     def insert(self, key: bytes, value: bytes) -> None:
         """Put that fails at commit with AlreadyExistsError if ``key`` has a
-        value."""
+        value (as this transaction sees it: after its own delete of ``key``,
+        the insert is a plain put, as DELETE then INSERT is in SQL)."""
         self._check_active()
-        self._mutations[validate_key(key)] = Mutation(Op.INSERT, key, validate_value(value))
+        prev = self._mutations.get(validate_key(key))
+        op = Op.PUT if prev is not None and prev.op == Op.DELETE else Op.INSERT
+        self._mutations[key] = Mutation(op, key, validate_value(value))
 
     def delete(self, key: bytes) -> None:
         self._check_active()
