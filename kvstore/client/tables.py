@@ -52,6 +52,7 @@ __all__ = [
 # Rows per scan call of scan_rows (each call is one RPC per Region).
 SCAN_PAGE_ROWS = 20_000
 
+
 def create_table(
     client: Client,
     name: str,
