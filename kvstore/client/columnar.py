@@ -18,7 +18,8 @@ Predicates are ``(column, op, value)`` tuples, ANDed; ops ``= != < <= > >=``,
 ``is_null``, ``not_null``. Aggregates are ``(function, column)`` with
 functions ``sum count min max`` (``("count", "*")`` counts rows); with
 ``group_by`` they are computed per group. Over the columnar path the node
-computes them (partial aggregation, merged here when several nodes answer).
+computes them; with one columnar node holding every Region its partial
+aggregate is the final one (several nodes would need a merge here).
 """
 
 from __future__ import annotations
@@ -223,8 +224,6 @@ class ColumnarReader:
         )
         req.predicates.extend(_predicate_pb(p) for p in predicate)
         for fn, col in aggregates:
-            # Partial aggregates merge by summing counts and sums and taking
-            # the min of mins and the max of maxes.
             req.aggregates.add(func=fn, column="" if col == "*" else col)
         deadline = time.monotonic() + max_wait
         bypass: set[int] = set()
@@ -237,7 +236,8 @@ class ColumnarReader:
             del req.bypass_locks[:]
             req.bypass_locks.extend(sorted(bypass))
             try:
-                parts = [self._scan_once(a, req, deadline - time.monotonic()) for a in nodes[:1]]
+                # One columnar node holds a learner of every Region: it answers alone.
+                result = self._scan_once(nodes[0], req, deadline - time.monotonic())
             except KeyIsLockedError as e:
                 wait_ms = self.client.resolver.resolve([e.lock], ts, bypass)
                 if wait_ms:
@@ -259,7 +259,6 @@ class ColumnarReader:
                 attempt += 1
                 time.sleep(min(0.2, 0.01 * 2**attempt, max(0.0, deadline - time.monotonic())))
                 continue
-            result = parts[0]
             if aggregates:
                 result = self._final(result, group_by, aggregates)
             return result

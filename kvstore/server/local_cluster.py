@@ -57,6 +57,7 @@ import grpc
 
 from kvstore.client.routing import DEBUG_SERVICE, merge_views, new_channel
 from kvstore.proto import debugpb_pb2
+from kvstore.server.store_server import write_json_atomic
 from kvstore.types import Region
 
 T = TypeVar("T")
@@ -66,12 +67,6 @@ POLL_S = 0.02
 
 class ClusterError(RuntimeError):
     """A store did not start, or a condition was not reached in time."""
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------
@@ -332,7 +327,7 @@ class LocalStoreCluster:
             self._read_addrs(s)
         if self.use_proxies:
             self._start_proxies()
-        _write_json_atomic(
+        write_json_atomic(
             self.cluster_file,
             {str(s.store_id): {"raft": s.raft_addr, "kv": s.kv_addr} for s in self._all()},
         )
@@ -366,7 +361,7 @@ class LocalStoreCluster:
                 self.proxies[(a.store_id, b.store_id)] = p
                 dial[b.raft_addr] = p.addr
             # Read by the store once the cluster file appears (written next).
-            _write_json_atomic(self._dial_file(a), dial)
+            write_json_atomic(self._dial_file(a), dial)
 
     def _spawn(self, s: _Store) -> None:
         s.data_dir.mkdir(parents=True, exist_ok=True)

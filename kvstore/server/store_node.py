@@ -116,12 +116,6 @@ def _serve(
     raft_addr = previous.get("raft", args.raft_addr or f"{host}:0")
     status_addr = previous.get("status", args.status_addr or f"{host}:0")
 
-    observer: Any = None
-    if columnar:  # imported here: a row store never loads pyarrow
-        from columnar import ColumnarStore
-        from kvstore.server.columnar_node import ColumnarObserver
-
-        observer = ColumnarObserver(None, ColumnarStore())  # type: ignore[arg-type]
     store = Store(
         StoreConfig(
             store_id=store_id,
@@ -132,11 +126,16 @@ def _serve(
             raft=RaftConfig(snapshot_entries=args.snapshot_entries),
             bootstrap=False,
             id_allocator=pd.alloc_id,
-            apply_observer=observer,
         )
     )
-    if observer is not None:
-        observer.engine = store.engine  # before any Region starts (store.start)
+    observer: Any = None
+    if columnar:  # imported here: a row store never loads pyarrow
+        from columnar import ColumnarStore
+        from kvstore.server.columnar_node import ColumnarObserver
+
+        # Set before store.start(): every Region's replica is fed from its first apply.
+        observer = ColumnarObserver(store.engine, ColumnarStore())
+        store.config.apply_observer = observer
     worker = PdWorker(
         store,
         pd,
