@@ -433,8 +433,15 @@ def _serve_control(ops: Any, sock_path: str) -> None:
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(sock_path)
-    srv.bind(sock_path)
+    # The client waits for the socket file to appear, then connects: bind and
+    # listen under another name first, so the file appears already listening
+    # (bind alone creates it, and a connect before listen() is refused).
+    staging = sock_path + ".new"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(staging)
+    srv.bind(staging)
     srv.listen(8)
+    os.replace(staging, sock_path)
 
     def handle(conn: socket.socket) -> None:
         with conn, conn.makefile("rwb") as f:
