@@ -140,6 +140,9 @@ def test_async_proposal_that_cannot_commit_times_out_as_unknown(tmp_path: Path) 
 def test_follower_refuses_proposals_without_proposing(cluster: list[Node]) -> None:
     leader = leader_of(cluster, 1)
     follower = next(n.groups[1] for n in cluster if n.groups[1] is not leader)
+    # A follower learns who leads from the leader's first append; until then
+    # it refuses without a hint, which is right but not what this test checks.
+    wait_for(lambda: follower.leader() == leader.self_addr, what="the follower to know its leader")
     before = len(follower._journal)
     with pytest.raises(ProposalError) as e:
         follower.propose(b"nope")
