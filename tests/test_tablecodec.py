@@ -74,6 +74,55 @@ def test_rows_round_trip_through_the_bulk_decoder(batch: list[dict[str, Any]]) -
             assert _same(got[k], v), (k, got[k], v)
 
 
+COMPOSITE = tc.make_table(8, "composite", ALL_TYPES, ("day", "i", "id"))
+STRING_KEY = tc.make_table(9, "string_key", ALL_TYPES, ("s", "id"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(rows, max_size=40), st.integers(0, 5))
+def test_bulk_encoder_is_byte_for_byte_the_row_encoder(
+    batch: list[dict[str, Any]], skip: int
+) -> None:
+    """encode_rows (numpy over whole columns) must equal encode_row (one row
+    at a time) for every type, NULL pattern, key layout and a sliced input."""
+    for table in (TABLE, COMPOSITE, STRING_KEY):
+        usable = [r for r in batch if all(r[c] is not None for c in table.primary_key)]
+        data = pa.Table.from_pylist(usable, schema=table.arrow_schema()).slice(
+            min(skip, len(usable))
+        )
+        handles, values = tc.encode_rows(table, data)
+        expected = [table.encode_row(r) for r in usable[min(skip, len(usable)) :]]
+        assert handles == [h for h, _ in expected]
+        assert values == [v for _, v in expected]
+
+
+def test_bulk_encoder_refuses_what_the_row_encoder_refuses() -> None:
+    t = tc.make_table(3, "t", [("id", "BIGINT"), ("i", "INT"), ("s", "VARCHAR(3)")], "id")
+    with pytest.raises(SchemaError):
+        tc.encode_rows(t, pa.table({"id": [1], "i": [1 << 40], "s": ["a"]}))
+    with pytest.raises(SchemaError):
+        tc.encode_rows(t, pa.table({"id": [1], "i": [1], "s": ["abcd"]}))
+    with pytest.raises(SchemaError):
+        tc.encode_rows(t, pa.table({"id": pa.array([None], pa.int64()), "i": [1], "s": ["a"]}))
+    with pytest.raises(SchemaError):
+        tc.encode_rows(t, pa.table({"id": [1], "s": ["a"]}))
+
+
+def test_index_entries_unique_and_null() -> None:
+    t = tc.make_table(4, "t", [("id", "BIGINT"), ("a", "INT"), ("b", "TEXT")], "id")
+    t = t.with_index("ua", ["a"], unique=True).with_index("kb", ["b"], unique=False)
+    assert t.version == 3
+    h = t.handle_of(5)
+    (ua, ua_v, ua_u), (kb, kb_v, kb_u) = t.index_entries(h, {"id": 5, "a": 9, "b": "x"})
+    assert ua_u and ua_v == h and ua == tc.index_values_key(4, 1, [t.column("a").key_datum(9)])
+    assert not kb_u and kb.endswith(h) and kb.startswith(tc.index_prefix(4, 2))
+    # A NULL in a unique index never collides: the entry takes the handle.
+    ((nk, _, nu), _) = t.index_entries(h, {"id": 5, "a": None, "b": "x"})
+    assert not nu and nk.endswith(h)
+    again = tc.TableInfo.from_json(t.to_json())
+    assert again.indexes == t.indexes
+
+
 def test_every_type_maps_to_its_arrow_type() -> None:
     assert TABLE.arrow_schema().types == [
         pa.int64(),

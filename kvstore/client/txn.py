@@ -23,7 +23,7 @@ import heapq
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from kvstore.errors import (
@@ -63,6 +63,10 @@ class Transaction:
         self.commit_ts: int | None = None
         self._mutations: dict[bytes, Mutation] = {}
         self._state = _ACTIVE
+        # While a statement runs: (key, mutation it replaced) in write order,
+        # so a failed statement can be taken back without touching the rest.
+        self._undo: list[tuple[bytes, Mutation | None]] | None = None
+        self._commit_checks: list[Callable[[], None]] = []
 
     # ---------------------------------------------------------------- reads
     def _check_active(self) -> None:
@@ -129,9 +133,48 @@ class Transaction:
         return out if limit is None else out[:limit]
 
     # ---------------------------------------------------------------- writes
+    def _set(self, key: bytes, m: Mutation) -> None:
+        if self._undo is not None:
+            self._undo.append((key, self._mutations.get(key)))
+        self._mutations[key] = m
+
+    @contextlib.contextmanager
+    def statement(self) -> Iterator[None]:
+        """Statement atomicity (SQL's): the writes made inside the block are
+        all kept, or, if it raises, all taken back, leaving the buffer as it
+        was before the block. Not nestable."""
+        self._check_active()
+        if self._undo is not None:
+            raise InvalidArgumentError("statements do not nest")
+        self._undo = []
+        try:
+            yield
+        except BaseException:
+            for key, prev in reversed(self._undo):
+                if prev is None:
+                    self._mutations.pop(key, None)
+                else:
+                    self._mutations[key] = prev
+            raise
+        finally:
+            self._undo = None
+
+    def add_commit_check(self, check: Callable[[], None]) -> None:
+        """Run ``check()`` at commit after every key is prewritten (locked)
+        and before the commit point; if it raises, the transaction is rolled
+        back and the error propagates. The SQL layer checks here that the
+        schemas it wrote with are still current."""
+        self._check_active()
+        self._commit_checks.append(check)
+
+    @property
+    def written_keys(self) -> int:
+        """How many keys the buffer holds (puts, deletes and locks)."""
+        return len(self._mutations)
+
     def put(self, key: bytes, value: bytes) -> None:
         self._check_active()
-        self._mutations[validate_key(key)] = Mutation(Op.PUT, key, validate_value(value))
+        self._set(validate_key(key), Mutation(Op.PUT, key, validate_value(value)))
 
     def insert(self, key: bytes, value: bytes) -> None:
         """Put that fails at commit with AlreadyExistsError if ``key`` has a
@@ -140,11 +183,11 @@ class Transaction:
         self._check_active()
         prev = self._mutations.get(validate_key(key))
         op = Op.PUT if prev is not None and prev.op == Op.DELETE else Op.INSERT
-        self._mutations[key] = Mutation(op, key, validate_value(value))
+        self._set(key, Mutation(op, key, validate_value(value)))
 
     def delete(self, key: bytes) -> None:
         self._check_active()
-        self._mutations[validate_key(key)] = Mutation(Op.DELETE, key)
+        self._set(validate_key(key), Mutation(Op.DELETE, key))
 
     def lock_keys(self, *keys: bytes) -> None:
         """Make the commit conflict with any write to ``keys`` after our
@@ -153,7 +196,8 @@ class Transaction:
         for k in keys:  # all first: a bad key must leave the buffer unchanged
             validate_key(k)
         for k in keys:
-            self._mutations.setdefault(k, Mutation(Op.LOCK, k))
+            if k not in self._mutations:
+                self._set(k, Mutation(Op.LOCK, k))
 
     # ---------------------------------------------------------------- 2PC
     def commit(self) -> None:
@@ -176,6 +220,8 @@ class Transaction:
         with c.ttl_manager.keep_alive(primary, self.start_ts, ttl):
             try:
                 self._prewrite(mutations, primary, ttl)
+                for check in self._commit_checks:
+                    check()
             except BaseException:
                 self._state = _ROLLED_BACK
                 self._cleanup(keys)
