@@ -1,0 +1,53 @@
+"""Transaction.statement() (statement atomicity) and commit checks: the two
+hooks the SQL layer builds on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import kvstore
+from kvstore.errors import InvalidArgumentError
+
+
+def test_a_failed_statement_leaves_the_buffer_as_it_was(tmp_path: Path) -> None:
+    with kvstore.open(str(tmp_path / "db")) as client:
+        txn = client.begin()
+        txn.put(b"a", b"1")
+        with pytest.raises(RuntimeError):
+            with txn.statement():
+                txn.put(b"a", b"2")
+                txn.delete(b"b")
+                txn.insert(b"c", b"3")
+                txn.lock_keys(b"d")
+                raise RuntimeError("statement fails")
+        assert txn.written_keys == 1 and txn.get(b"a") == b"1"
+        with txn.statement():
+            txn.put(b"e", b"5")
+        txn.commit()
+        check = client.begin()
+        assert check.get(b"a") == b"1" and check.get(b"e") == b"5" and check.get(b"c") is None
+        with pytest.raises(InvalidArgumentError):
+            with check.statement(), check.statement():
+                pass
+
+
+def test_a_failing_commit_check_rolls_back_after_prewrite(tmp_path: Path) -> None:
+    with kvstore.open(str(tmp_path / "db")) as client:
+        txn = client.begin()
+        txn.put(b"k", b"v")
+        seen_locked: list[bool] = []
+
+        def check() -> None:
+            # Runs with every key prewritten: a reader at a later ts meets the lock.
+            seen_locked.append(client.backend.kv_scan_lock(client.tso(), b"k", b"l", 10) != [])
+            raise ValueError("schema moved")
+
+        txn.add_commit_check(check)
+        with pytest.raises(ValueError):
+            txn.commit()
+        assert seen_locked == [True]
+        after = client.begin()
+        assert after.get(b"k") is None
+        assert client.backend.kv_scan_lock(client.tso(), b"", None, 10) == []
