@@ -9,9 +9,10 @@ def register(sub: Any) -> None:
     p = sub.add_parser("bench", help="run a benchmark beside its baseline")
     workloads = p.add_subparsers(dest="workload", metavar="WORKLOAD")
     workloads.required = True
-    from bench import columnar, raft, storage, ycsb
+    from bench import columnar, raft, storage, tpch, ycsb
 
     storage.register(workloads)
     raft.register(workloads)
     ycsb.register(workloads)
     columnar.register(workloads)
+    tpch.register(workloads)

@@ -1,0 +1,186 @@
+"""Constant SQL expressions to Python values, and values to column types.
+
+Used where a statement carries values rather than queries: ``INSERT ...
+VALUES``, ``DEFAULT`` clauses, ``?`` parameters, ``AS OF TIMESTAMP``. Pure.
+
+Coercion follows MySQL where it is unsurprising: a string literal fills a
+DATE or TIMESTAMP column (``'1995-03-15'``), an integer or a decimal fills a
+DECIMAL column exactly, a float fills a DECIMAL column through its shortest
+repr, TRUE/FALSE fill an integer column as 1/0. Anything else is a
+:class:`~sql.errors.DataError` naming the column.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from sqlglot import exp
+
+from kvstore.tablecodec import ColumnInfo, Kind
+from sql.errors import DataError, NotSupportedError, ProgrammingError
+
+__all__ = ["bind_params", "coerce", "literal", "to_sql_literal"]
+
+_T = exp.DataType.Type
+_TIMESTAMP_TYPES = (_T.TIMESTAMP, _T.DATETIME, _T.TIMESTAMPTZ)
+
+
+def to_sql_literal(v: Any) -> exp.Expression:
+    """A sqlglot expression for the Python value ``v`` (a bound parameter)."""
+    if v is None:
+        return exp.Null()
+    if isinstance(v, bool):
+        return exp.Boolean(this=v)
+    if isinstance(v, (int, float, decimal.Decimal)):
+        if isinstance(v, float) and math.isnan(v):
+            raise DataError("NaN is not a SQL value")
+        lit = exp.Literal.number(abs(v)) if v < 0 else exp.Literal.number(v)
+        return exp.Neg(this=lit) if v < 0 else lit
+    if isinstance(v, str):
+        return exp.Literal.string(v)
+    if isinstance(v, dt.datetime):
+        text = exp.Literal.string(v.isoformat(sep=" "))
+        return exp.Cast(this=text, to=exp.DataType.build("TIMESTAMP"))
+    if isinstance(v, dt.date):
+        return exp.Cast(this=exp.Literal.string(v.isoformat()), to=exp.DataType.build("DATE"))
+    raise DataError(f"cannot bind a parameter of type {type(v).__name__}")
+
+
+def bind_params(statement: exp.Expression, params: Sequence[Any]) -> exp.Expression:
+    """A copy of ``statement`` with each ``?`` replaced by the next parameter."""
+    holes = [p for p in statement.find_all(exp.Placeholder) if not p.name]
+    if len(holes) != len(params):
+        raise ProgrammingError(f"statement has {len(holes)} parameters, {len(params)} given")
+    if not holes:
+        return statement
+    # find_all walks breadth-first; parameters are numbered in text order.
+    holes.sort(key=_position)
+    out = statement.copy()
+    copies = [p for p in out.find_all(exp.Placeholder) if not p.name]
+    copies.sort(key=_position)
+    for hole, value in zip(copies, params, strict=True):
+        hole.replace(to_sql_literal(value))
+    return out
+
+
+def _position(node: exp.Expression) -> tuple[int, ...]:
+    """The node's path from the root as child indexes: text order."""
+    path: list[int] = []
+    while node.parent is not None:
+        parent = node.parent
+        siblings = list(parent.iter_expressions())
+        path.append(next(i for i, s in enumerate(siblings) if s is node))
+        node = parent
+    return tuple(reversed(path))
+
+
+def literal(e: exp.Expression) -> Any:
+    """Python value of a constant expression (numbers, strings, NULL,
+    TRUE/FALSE, negation, +-*/ of numbers, CAST to DATE/TIMESTAMP/numbers)."""
+    if isinstance(e, exp.Paren):
+        return literal(e.this)
+    if isinstance(e, exp.Null):
+        return None
+    if isinstance(e, exp.Boolean):
+        return bool(e.this)
+    if isinstance(e, exp.Literal):
+        if e.is_string:
+            return e.this
+        text = e.this
+        if any(c in text for c in ".eE"):
+            return decimal.Decimal(text) if "e" not in text.lower() else float(text)
+        return int(text)
+    if isinstance(e, exp.Neg):
+        v = literal(e.this)
+        if isinstance(v, (int, float, decimal.Decimal)) and not isinstance(v, bool):
+            return -v
+        raise DataError(f"cannot negate {v!r}")
+    if isinstance(e, (exp.Add, exp.Sub, exp.Mul, exp.Div)):
+        a, b = literal(e.this), literal(e.expression)
+        if not all(isinstance(x, (int, float, decimal.Decimal)) for x in (a, b)):
+            raise DataError(f"arithmetic on non-numbers: {e.sql('mysql')}")
+        if isinstance(a, float) or isinstance(b, float):
+            a, b = float(a), float(b)
+        if isinstance(e, exp.Add):
+            return a + b
+        if isinstance(e, exp.Sub):
+            return a - b
+        if isinstance(e, exp.Mul):
+            return a * b
+        if b == 0:
+            return None  # MySQL: division by zero is NULL
+        return decimal.Decimal(a) / decimal.Decimal(b) if not isinstance(a, float) else a / b
+    if isinstance(e, (exp.Cast, exp.TryCast)):
+        v = literal(e.this)
+        to = e.to.this
+        if v is None:
+            return None
+        if to in (exp.DataType.Type.DATE,):
+            return _to_date(v, "CAST")
+        if to in _TIMESTAMP_TYPES:
+            return _to_timestamp(v, "CAST")
+        if to in exp.DataType.INTEGER_TYPES:
+            return int(v)
+        if to in (exp.DataType.Type.DOUBLE, exp.DataType.Type.FLOAT):
+            return float(v)
+        if to is exp.DataType.Type.DECIMAL:
+            return decimal.Decimal(str(v))
+        if to in exp.DataType.TEXT_TYPES:
+            return str(v)
+    raise NotSupportedError(f"not a constant value here: {e.sql('mysql')}")
+
+
+def _to_date(v: Any, col: str) -> dt.date:
+    if isinstance(v, dt.datetime):
+        return v.date()
+    if isinstance(v, dt.date):
+        return v
+    if isinstance(v, str):
+        try:
+            return dt.date.fromisoformat(v.strip()[:10])
+        except ValueError:
+            pass
+    raise DataError(f"{v!r} is not a DATE (column {col})")
+
+
+def _to_timestamp(v: Any, col: str) -> dt.datetime:
+    if isinstance(v, dt.datetime):
+        return v
+    if isinstance(v, dt.date):
+        return dt.datetime(v.year, v.month, v.day)
+    if isinstance(v, str):
+        try:
+            return dt.datetime.fromisoformat(v.strip())
+        except ValueError:
+            pass
+    raise DataError(f"{v!r} is not a TIMESTAMP (column {col})")
+
+
+def coerce(col: ColumnInfo, v: Any) -> Any:
+    """``v`` made a value of ``col``'s type where SQL would convert it
+    implicitly; the column's own check (range, length, NULL) comes after."""
+    if v is None:
+        return None
+    k = col.kind
+    try:
+        if k is Kind.DATE:
+            return _to_date(v, col.name)
+        if k is Kind.TIMESTAMP:
+            return _to_timestamp(v, col.name)
+        if k is Kind.DECIMAL and isinstance(v, float):
+            return decimal.Decimal(repr(v))
+        if k is Kind.INT and isinstance(v, bool):
+            return int(v)
+        if k is Kind.INT and isinstance(v, decimal.Decimal) and v == v.to_integral_value():
+            return int(v)
+        if k is Kind.DOUBLE and isinstance(v, decimal.Decimal):
+            return float(v)
+        if k is Kind.BOOL and isinstance(v, int) and not isinstance(v, bool) and v in (0, 1):
+            return bool(v)
+    except (ValueError, decimal.InvalidOperation):
+        raise DataError(f"{v!r} does not fit column {col.name!r} ({col.type})") from None
+    return v
