@@ -38,6 +38,10 @@ class Error(KVError):
     """Base of every SQL error (PEP 249)."""
 
 
+# The query engine's modules name the base SQLError; it is PEP 249's Error.
+SQLError = Error
+
+
 class InterfaceError(Error):
     """The DB-API object was misused (e.g. a closed cursor): fix the caller."""
 

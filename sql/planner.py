@@ -1,0 +1,897 @@
+"""The query planner: a SELECT (sqlglot tree) -> a tree of plan nodes.
+
+Where it sits: between the session (which parses SQL and knows the catalog)
+and ``sql.executor`` (which runs the nodes over Arrow tables). Pure: no I/O,
+no clock, no randomness; the same statement and schema always give the same
+plan. Planning costs 15-100 ms for TPC-H queries, so the caller caches plans
+by statement text.
+
+How: ``sqlglot.optimizer.optimize`` qualifies every column, pushes
+predicates down, decorrelates subqueries into joins with grouped CTEs and
+simplifies; ``sqlglot.planner.Plan`` cuts the result into steps (Scan, Join,
+Aggregate, Sort, SetOperation). This module turns those steps into its own
+nodes and improves them where sqlglot's steps are naive:
+
+* **pushdown** -- a conjunct of WHERE/ON that mentions one relation only is
+  applied to that relation before it is joined; for a base table it becomes
+  part of its :class:`ScanNode` (``condition``), and the comparisons of a
+  column with a literal also become ``filters`` storage may apply;
+* **column pruning** -- a :class:`ScanNode` lists only the columns the query
+  reads from its table;
+* **outer joins** -- a LEFT JOIN whose WHERE rejects the NULL row of the
+  right side is an inner join; ``LEFT JOIN r ... WHERE r.key IS NULL`` (what
+  the optimizer makes of NOT EXISTS / NOT IN) is an anti join;
+* **OR factoring** -- ``(a AND x) OR (a AND y)`` is ``a AND (x OR y)``, so the
+  join key hidden in TPC-H Q19's OR becomes a hash-join key, and each
+  relation gets the OR of its own parts as an extra pushed filter;
+* **uncorrelated subqueries** in expressions (``x IN (SELECT ...)``, scalar
+  subqueries, EXISTS) become separate plans whose results the expression
+  reads by name; correlated ones the optimizer could not decorrelate raise
+  :class:`~sql.errors.NotSupportedError`.
+
+The order of inner joins is not fixed here: the executor picks it at run
+time from the real sizes of the inputs (see ``sql.executor``), using the
+uniqueness facts (primary keys, GROUP BY keys) and selectivity guesses the
+planner records on each :class:`JoinInput`.
+
+Invariant: pushed ``filters`` are an optimisation only. Every pushed filter
+is also part of the scan's ``condition``, which the executor always applies,
+so a storage engine may ignore ``filters`` without changing any result.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlglot
+from sqlglot import exp
+from sqlglot import planner as sqlglot_planner
+from sqlglot.errors import OptimizeError, SqlglotError
+from sqlglot.optimizer import optimize
+from sqlglot.optimizer.scope import build_scope
+
+from sql.errors import NotSupportedError, ProgrammingError
+from sql.expr import literal_value, sql_text
+
+__all__ = [
+    "AggregateNode",
+    "JoinInput",
+    "JoinNode",
+    "Node",
+    "QueryPlan",
+    "RefNode",
+    "ScanNode",
+    "SetOpNode",
+    "SortNode",
+    "TableScanNode",
+    "ValuesNode",
+    "plan_query",
+]
+
+PushedFilter = tuple[str, str, Any]
+_OPS: dict[type[exp.Expression], str] = {
+    exp.EQ: "=",
+    exp.NEQ: "!=",
+    exp.LT: "<",
+    exp.LTE: "<=",
+    exp.GT: ">",
+    exp.GTE: ">=",
+}
+_FLIP = {"=": "=", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
+
+
+# ------------------------------------------------------------------ plan nodes
+@dataclass(eq=False)
+class ScanNode:
+    """One read of a base table: what the storage layer is asked for.
+
+    ``columns`` are the columns the query needs, in table order;
+    ``filters`` are ``(column, op, value)`` conjuncts storage may apply
+    (op in ``= != < <= > >=``, value an int, float, str, bool, date or
+    Decimal); ``condition`` is the full single-table condition (it includes
+    the filters), always applied by the executor."""
+
+    table: str
+    alias: str
+    columns: list[str]
+    filters: list[PushedFilter] = field(default_factory=list)
+    condition: exp.Expression | None = None
+
+    def describe(self) -> str:
+        parts = [f"cols={','.join(self.columns)}"]
+        if self.filters:
+            parts.append("pushed=" + " AND ".join(f"{c} {o} {v!r}" for c, o, v in self.filters))
+        if self.condition is not None:
+            parts.append(f"filter={sql_text(self.condition)}")
+        return " ".join(parts)
+
+
+@dataclass(eq=False)
+class Node:
+    """A step of the plan. After its own work (scan, join, aggregate, ...) a
+    node applies ``condition`` (WHERE or HAVING), then ``projections`` (the
+    output columns, named by alias; none: the input columns pass through),
+    then ``offset``/``limit``."""
+
+    name: str
+    projections: list[exp.Expression] = field(default_factory=list)
+    condition: exp.Expression | None = None
+    limit: int | None = None
+    offset: int = 0
+
+    def children(self) -> list[Node]:
+        return []
+
+    def _label(self) -> str:
+        return type(self).__name__
+
+    def _tail(self) -> str:
+        parts = []
+        if self.condition is not None:
+            parts.append(f"filter={sql_text(self.condition)}")
+        if self.projections:
+            parts.append("project=" + ", ".join(sql_text(p) for p in self.projections))
+        if self.limit is not None:
+            parts.append(f"limit={self.limit}")
+        if self.offset:
+            parts.append(f"offset={self.offset}")
+        return (" " + " ".join(parts)) if parts else ""
+
+
+@dataclass(eq=False)
+class TableScanNode(Node):
+    """Reads a base table through the scan callback (``scan.alias`` names it)."""
+
+    scan: ScanNode = field(default_factory=lambda: ScanNode("", "", []))
+
+
+@dataclass(eq=False)
+class ValuesNode(Node):
+    """One row without columns (``SELECT 1`` has no FROM)."""
+
+
+@dataclass(eq=False)
+class RefNode(Node):
+    """A CTE or derived table used under the name ``name``. Several RefNodes
+    may share one child: the executor computes it once per query."""
+
+    child: Node | None = None
+
+    def children(self) -> list[Node]:
+        return [self.child] if self.child is not None else []
+
+
+@dataclass(eq=False)
+class JoinInput:
+    """One relation of a join: ``node`` produces it, ``name`` qualifies its
+    columns. ``kind`` is how it joins the ones before it (the first input is
+    ``"inner"``): ``inner``, ``left``, ``right``, ``full`` or ``anti``.
+    ``on`` are its ON conjuncts (non-inner kinds only; inner ON conditions
+    are pooled in :attr:`JoinNode.conditions`). ``filter`` is the pushed
+    single-relation condition for inputs that are not base tables (for a base
+    table it is in the ScanNode). ``unique`` lists column sets on which the
+    relation has no duplicates; ``selectivity`` guesses which fraction of it
+    its filters keep (1.0: unfiltered)."""
+
+    name: str
+    node: Node
+    kind: str = "inner"
+    on: list[exp.Expression] = field(default_factory=list)
+    filter: exp.Expression | None = None
+    unique: list[frozenset[str]] = field(default_factory=list)
+    selectivity: float = 1.0
+
+
+@dataclass(eq=False)
+class JoinNode(Node):
+    """Joins ``inputs``. ``conditions`` are the conjuncts over several inner
+    inputs (equalities of columns become hash-join keys, the rest are applied
+    as soon as their relations are joined); ``post`` are conjuncts applied
+    after every join (they mention an outer-joined relation). ``reorder``:
+    the executor may choose the order of the inner joins."""
+
+    inputs: list[JoinInput] = field(default_factory=list)
+    conditions: list[exp.Expression] = field(default_factory=list)
+    post: list[exp.Expression] = field(default_factory=list)
+    reorder: bool = True
+
+    def children(self) -> list[Node]:
+        return [i.node for i in self.inputs]
+
+
+@dataclass(eq=False)
+class AggregateNode(Node):
+    """GROUP BY: ``operands`` (``expr AS _a_N``) are computed first, then
+    ``group`` (output name -> key expression) and ``aggregations`` (aliased
+    expressions over aggregate functions); ``condition`` is HAVING."""
+
+    child: Node | None = None
+    group: dict[str, exp.Expression] = field(default_factory=dict)
+    aggregations: list[exp.Expression] = field(default_factory=list)
+    operands: list[exp.Expression] = field(default_factory=list)
+
+    def children(self) -> list[Node]:
+        return [self.child] if self.child is not None else []
+
+
+@dataclass(eq=False)
+class SortNode(Node):
+    """ORDER BY ``keys`` (``exp.Ordered``); keys may name output columns."""
+
+    child: Node | None = None
+    keys: list[exp.Ordered] = field(default_factory=list)
+
+    def children(self) -> list[Node]:
+        return [self.child] if self.child is not None else []
+
+
+@dataclass(eq=False)
+class SetOpNode(Node):
+    """UNION / INTERSECT / EXCEPT (``op``) of two inputs, matched by position."""
+
+    left: Node | None = None
+    right: Node | None = None
+    op: str = "union"
+    distinct: bool = True
+
+    def children(self) -> list[Node]:
+        return [n for n in (self.left, self.right) if n is not None]
+
+
+@dataclass(eq=False)
+class QueryPlan:
+    """A planned SELECT. ``root`` produces the result; ``subqueries`` are the
+    plans of uncorrelated subqueries in expressions, by the placeholder name
+    (``exp.Var``) that replaced them; ``scans`` lists every base-table read
+    (of the root and of the subqueries); ``output_names`` the result's
+    column names, in order."""
+
+    root: Node
+    subqueries: dict[str, Node]
+    scans: list[ScanNode]
+    output_names: list[str]
+    sql: str
+
+    def explain(self, engine_of: Callable[[ScanNode], str] | None = None) -> list[str]:
+        """The plan as indented lines (two spaces per level); ``engine_of``
+        labels each table scan (e.g. ``[columnar]``)."""
+        lines: list[str] = []
+        seen: dict[int, str] = {}
+        _explain(self.root, 0, lines, engine_of, seen)
+        for name, node in self.subqueries.items():
+            lines.append(f"Subquery {name}")
+            _explain(node, 1, lines, engine_of, seen)
+        return lines
+
+
+def _explain(
+    node: Node,
+    depth: int,
+    lines: list[str],
+    engine_of: Callable[[ScanNode], str] | None,
+    seen: dict[int, str],
+) -> None:
+    pad = "  " * depth
+    if isinstance(node, RefNode) and node.child is not None:
+        key = id(node.child)
+        if key in seen:
+            lines.append(f"{pad}Ref {node.name} -> {seen[key]} (computed once){node._tail()}")
+            return
+        seen[key] = node.name
+        lines.append(f"{pad}Ref {node.name}{node._tail()}")
+        _explain(node.child, depth + 1, lines, engine_of, seen)
+        return
+    if isinstance(node, TableScanNode):
+        engine = f" [{engine_of(node.scan)}]" if engine_of is not None else ""
+        alias = f" AS {node.scan.alias}" if node.scan.alias != node.scan.table else ""
+        lines.append(f"{pad}TableScan {node.scan.table}{alias}{engine} {node.scan.describe()}{node._tail()}")
+        return
+    if isinstance(node, ValuesNode):
+        lines.append(f"{pad}Values (one row){node._tail()}")
+        return
+    if isinstance(node, JoinNode):
+        if len(node.inputs) == 1:
+            lines.append(f"{pad}Filter{node._tail()}" if node._tail() else f"{pad}Pass")
+            _explain(node.inputs[0].node, depth + 1, lines, engine_of, seen)
+            return
+        inner = [i.name for i in node.inputs if i.kind == "inner"]
+        order = "order chosen at run time" if node.reorder else "in written order"
+        lines.append(f"{pad}HashJoin inner({', '.join(inner)}) [{order}]{node._tail()}")
+        for c in node.conditions:
+            lines.append(f"{pad}  on {sql_text(c)}")
+        for inp in node.inputs:
+            if inp.kind != "inner":
+                on = " AND ".join(sql_text(c) for c in inp.on) or "TRUE"
+                lines.append(f"{pad}  {inp.kind} join {inp.name} on {on}")
+        for c in node.post:
+            lines.append(f"{pad}  then filter {sql_text(c)}")
+        for inp in node.inputs:
+            if inp.filter is not None:
+                lines.append(f"{pad}  {inp.name}: filter {sql_text(inp.filter)}")
+            _explain(inp.node, depth + 1, lines, engine_of, seen)
+        return
+    if isinstance(node, AggregateNode):
+        group = ", ".join(sql_text(g) for g in node.group.values())
+        aggs = ", ".join(sql_text(a) for a in node.aggregations)
+        lines.append(f"{pad}Aggregate group=[{group}] aggs=[{aggs}]{node._tail()}")
+    elif isinstance(node, SortNode):
+        keys = ", ".join(sql_text(k) for k in node.keys)
+        lines.append(f"{pad}Sort [{keys}]{node._tail()}")
+    elif isinstance(node, SetOpNode):
+        kind = node.op.upper() + ("" if node.distinct else " ALL")
+        lines.append(f"{pad}{kind}{node._tail()}")
+    for child in node.children():
+        _explain(child, depth + 1, lines, engine_of, seen)
+
+
+# ------------------------------------------------------------------ planning
+def plan_query(
+    select: exp.Expression,
+    schema: Mapping[str, Mapping[str, str]],
+    primary_keys: Mapping[str, Sequence[str]] | None = None,
+) -> QueryPlan:
+    """Plan a SELECT (or set operation) parsed with ``read="mysql"``.
+
+    ``schema`` maps table -> column -> SQL type (``"BIGINT"``,
+    ``"DECIMAL(15,2)"``, ...), columns in table order. ``primary_keys``
+    (table -> key columns) is optional: it only helps choose the join order.
+    Raises ProgrammingError (unknown table/column, bad SQL) or
+    NotSupportedError (a construct the executor does not implement)."""
+    if not isinstance(select, (exp.Select, exp.SetOperation, exp.Subquery)):
+        raise NotSupportedError(f"only SELECT can be planned, not {select.key.upper()}")
+    # sqlglot wants plain dicts; it lower-cases identifiers as MySQL does.
+    plain = {t: dict(cols) for t, cols in schema.items()}
+    select = select.copy()
+    # Number the ``?`` placeholders in statement order before the optimizer
+    # moves conditions around (a depth-first walk follows the written order).
+    for i, ph in enumerate(n for n in select.walk(bfs=False) if isinstance(n, exp.Placeholder)):
+        ph.set("this", str(i))
+    try:
+        optimized = optimize(select, schema=plain, dialect="mysql")
+    except OptimizeError as err:
+        raise ProgrammingError(str(err)) from err
+    except SqlglotError as err:
+        raise ProgrammingError(str(err)) from err
+    planner = _Planner(
+        {t.lower(): list(c) for t, c in plain.items()},
+        {t.lower(): list(k) for t, k in (primary_keys or {}).items()},
+    )
+    try:
+        plan = sqlglot_planner.Plan(optimized)
+    except SqlglotError as err:
+        raise NotSupportedError(f"cannot plan this query: {err}") from err
+    except (KeyError, AttributeError, TypeError) as err:
+        raise NotSupportedError(f"cannot plan this query ({type(err).__name__}: {err})") from err
+    root = planner.convert(plan.root, [])
+    names = [p.alias_or_name for p in root.projections] if root.projections else []
+    if not names:
+        names = [s.alias_or_name for s in optimized.selects]
+    return QueryPlan(root, planner.subqueries, planner.scans, names, sql_text(optimized))
+
+
+class _Planner:
+    def __init__(self, columns: dict[str, list[str]], pks: dict[str, list[str]]) -> None:
+        self.columns = columns
+        self.pks = pks
+        self.scans: list[ScanNode] = []
+        self.subqueries: dict[str, Node] = {}
+        self._memo: dict[int, Node] = {}
+        self._ctes: exp.With | None = None
+
+    # -- steps -> nodes
+    def convert(self, step: sqlglot_planner.Step, chain: list[exp.Expression]) -> Node:
+        """``chain``: expressions of the steps above ``step`` in the same
+        SELECT (they decide which table columns must be read)."""
+        key = id(step)
+        if key in self._memo:
+            return self._memo[key]
+        node = self._convert(step, chain)
+        self._memo[key] = node
+        return node
+
+    def _common(self, step: sqlglot_planner.Step, node: Node) -> None:
+        node.projections = [self._lift(p) for p in step.projections]
+        if step.condition is not None:
+            node.condition = self._lift(step.condition)
+        node.limit = None if step.limit == float("inf") else int(step.limit)
+        node.offset = int(step.offset or 0)
+
+    def _convert(self, step: sqlglot_planner.Step, chain: list[exp.Expression]) -> Node:
+        name = step.name or ""
+        if isinstance(step, sqlglot_planner.Scan):
+            return self._scan(step, chain)
+        if isinstance(step, sqlglot_planner.Join):
+            return self._join(step, chain)
+        if isinstance(step, sqlglot_planner.Aggregate):
+            agg = AggregateNode(name)
+            self._common(step, agg)
+            agg.group = {k: self._lift(v) for k, v in step.group.items()}
+            agg.aggregations = [self._lift(a) for a in step.aggregations]
+            agg.operands = [self._lift(o) for o in step.operands]
+            below = [*chain, *agg.group.values(), *agg.aggregations, *agg.operands, *agg.projections]
+            if agg.condition is not None:
+                below.append(agg.condition)
+            (dep,) = step.dependencies
+            agg.child = self.convert(dep, below)
+            return agg
+        if isinstance(step, sqlglot_planner.Sort):
+            sort = SortNode(name)
+            self._common(step, sort)
+            sort.keys = [self._lift(k) for k in step.key or []]  # type: ignore[misc]
+            (dep,) = step.dependencies
+            sort.child = self.convert(dep, [*chain, *sort.keys, *sort.projections])
+            return sort
+        if isinstance(step, sqlglot_planner.SetOperation):
+            op = step.op.__name__.lower()
+            setop = SetOpNode(name, op=op, distinct=step.distinct)
+            self._common(step, setop)
+            deps = {d.name: d for d in step.dependencies}
+            setop.left = self.convert(deps[step.left], [])
+            setop.right = self.convert(deps[step.right], [])
+            if not setop.distinct and op != "union":
+                raise NotSupportedError(f"{op.upper()} ALL is not supported")
+            return setop
+        raise NotSupportedError(f"plan step {type(step).__name__} is not supported")
+
+    def _scan(self, step: sqlglot_planner.Scan, chain: list[exp.Expression]) -> Node:
+        name = step.name or ""
+        source = step.source
+        if source is None:
+            node: Node = ValuesNode(name)
+            self._common(step, node)
+            return node
+        if step.dependencies:  # a CTE
+            (dep,) = step.dependencies
+            ref = RefNode(name, child=self.convert(dep, []))
+            self._common(step, ref)
+            return ref
+        if not isinstance(source, exp.Table):
+            raise NotSupportedError(f"FROM {sql_text(source)} is not supported")
+        table = source.name.lower()
+        if table not in self.columns:
+            raise ProgrammingError(f"unknown table {source.name!r}")
+        scan = ScanNode(table, name, [])
+        node = TableScanNode(name, scan=scan)
+        self._common(step, node)
+        # A bare scan with WHERE and no join: the condition belongs to storage.
+        if node.condition is not None:
+            self._push_into_scan(scan, _conjuncts(node.condition))
+            node.condition = None
+        self._finish_scan(scan, [*chain, *node.projections])
+        return node
+
+    def _finish_scan(self, scan: ScanNode, exprs: Sequence[exp.Expression]) -> None:
+        wanted: set[str] = set()
+        for e in [*exprs, *([scan.condition] if scan.condition is not None else [])]:
+            for col in e.find_all(exp.Column):
+                if col.table == scan.alias:
+                    wanted.add(col.name)
+        cols = self.columns[scan.table]
+        scan.columns = [c for c in cols if c in wanted] or cols[:1]
+        self.scans.append(scan)
+
+    def _push_into_scan(self, scan: ScanNode, conjuncts: Sequence[exp.Expression]) -> None:
+        if not conjuncts:
+            return
+        current = _conjuncts(scan.condition) if scan.condition is not None else []
+        merged = _dedupe([*current, *conjuncts])
+        scan.condition = _and_all(merged)
+        scan.filters = [f for c in merged if (f := _pushable(c, scan.alias)) is not None]
+
+    def _join(self, step: sqlglot_planner.Join, chain: list[exp.Expression]) -> Node:
+        name = step.name or ""
+        node = JoinNode(name)
+        self._common(step, node)
+        deps = {d.name: d for d in step.dependencies}
+        source_name = step.source_name or name
+        exprs: list[exp.Expression] = [*chain, *node.projections]
+        # (name, side, ON conjuncts) in written order; the source first.
+        specs: list[tuple[str, str, list[exp.Expression]]] = [(source_name, "inner", [])]
+        for jname, j in step.joins.items():
+            side = str(j.get("side") or "").lower() or "inner"
+            conj: list[exp.Expression] = []
+            for a, b in zip(j.get("source_key") or [], j.get("join_key") or [], strict=True):  # type: ignore[call-overload]
+                conj.append(exp.EQ(this=self._lift(a), expression=self._lift(b)))
+            cond = j.get("condition")
+            if isinstance(cond, exp.Expression):
+                conj.extend(_conjuncts(self._lift(cond)))
+            specs.append((jname, side, _dedupe(conj)))
+        where = _conjuncts(node.condition) if node.condition is not None else []
+        node.condition = None
+        names = [s[0] for s in specs]
+        outer = {n for n, side, _ in specs if side != "inner"}
+        kinds = {n: side for n, side, _ in specs}
+        if any(side in ("right", "full") for _, side, _ in specs[1:]):
+            # The source side becomes nullable: nothing may move across it.
+            node.reorder = False
+        # LEFT joins that WHERE turns into inner or anti joins.
+        for n in list(outer):
+            if kinds[n] != "left":
+                continue
+            spec_on = next(s[2] for s in specs if s[0] == n)
+            keys = {c.name for e in spec_on for c in _eq_columns(e, n)}
+            for w in list(where):
+                if _is_key_null_test(w, n, keys) and not _mentions_elsewhere(n, w, where, exprs, spec_on):
+                    kinds[n] = "anti"
+                    where.remove(w)
+                    break
+                if _null_rejecting(w, n):
+                    kinds[n] = "inner"
+                    outer.discard(n)
+                    break
+        inner_conds: list[exp.Expression] = []
+        on_of: dict[str, list[exp.Expression]] = {}
+        for n, _, conj in specs:
+            if kinds[n] == "inner":
+                inner_conds.extend(conj)
+            else:
+                on_of[n] = conj
+        inner_conds.extend(where)
+        inner_conds = _dedupe([c for e in inner_conds for c in _conjuncts(_factor_or(e))])
+        # Which relation each single-relation conjunct is pushed into.
+        pushed: dict[str, list[exp.Expression]] = {n: [] for n in names}
+        conditions: list[exp.Expression] = []
+        post: list[exp.Expression] = []
+        for c in inner_conds:
+            rels = _relations(c) & set(names)
+            if len(rels) == 1 and not (rels & outer):
+                pushed[next(iter(rels))].append(c)
+                continue
+            if not rels:
+                conditions.append(c)  # a constant condition: apply it once
+                continue
+            if rels & outer:
+                post.append(c)
+                continue
+            conditions.append(c)
+            pushed_or = _implied_filters(c, rels)
+            for rel, implied in pushed_or.items():
+                pushed[rel].append(implied)
+        for n, conj in on_of.items():
+            keep = []
+            for c in conj:
+                rels = _relations(c) & set(names)
+                if rels == {n}:
+                    pushed[n].append(c)  # filtering the optional side first is the same
+                else:
+                    keep.append(c)
+            on_of[n] = keep
+        # An inner join written after an outer one that it refers to: keep the order.
+        for c in conditions:
+            if _relations(c) & outer:
+                node.reorder = False
+        for n, side, _ in specs:
+            dep = deps.get(n)
+            if dep is None:
+                raise NotSupportedError(f"join input {n!r} not found in the plan")
+            child_chain = [*exprs, *inner_conds, *post, *[c for v in on_of.values() for c in v]]
+            inp = JoinInput(n, self._input(dep, n, pushed[n], child_chain), kinds[n], on_of.get(n, []))
+            if not isinstance(inp.node, TableScanNode) and pushed[n]:
+                inp.filter = _and_all(_dedupe(pushed[n]))
+            inp.unique = _unique_sets(inp.node, self.pks)
+            inp.selectivity = _selectivity(pushed[n])
+            node.inputs.append(inp)
+        node.conditions = conditions
+        node.post = post
+        return node
+
+    def _input(
+        self,
+        dep: sqlglot_planner.Step,
+        name: str,
+        pushed: list[exp.Expression],
+        chain: list[exp.Expression],
+    ) -> Node:
+        if (
+            isinstance(dep, sqlglot_planner.Scan)
+            and not dep.dependencies
+            and isinstance(dep.source, exp.Table)
+            and id(dep) not in self._memo
+        ):
+            table = dep.source.name.lower()
+            if table not in self.columns:
+                raise ProgrammingError(f"unknown table {dep.source.name!r}")
+            scan = ScanNode(table, name, [])
+            node = TableScanNode(name, scan=scan)
+            self._common(dep, node)
+            extra = _conjuncts(node.condition) if node.condition is not None else []
+            node.condition = None
+            self._push_into_scan(scan, [*extra, *pushed])
+            self._finish_scan(scan, [*chain, *node.projections])
+            self._memo[id(dep)] = node
+            return node
+        return self.convert(dep, [])
+
+    # -- subqueries inside expressions
+    def _lift(self, e: exp.Expression) -> exp.Expression:
+        """``e`` with each uncorrelated subquery replaced by a placeholder
+        ``exp.Var`` whose plan is in ``self.subqueries``."""
+        if not isinstance(e, exp.Expression) or not e.find(exp.Subquery, exp.Exists, exp.Select):
+            return e
+        e = e.copy()
+        for node in list(e.find_all(exp.Subquery, exp.Exists)):
+            if node.root() is not e:
+                continue  # inside a subquery already replaced: planned with it
+            select = node.this
+            if not isinstance(select, (exp.Select, exp.SetOperation)):
+                raise NotSupportedError(f"subquery {sql_text(node)} is not supported")
+            placeholder = self._plan_subquery(select)
+            if isinstance(node, exp.Exists):
+                node.set("this", placeholder)
+            elif node is e:
+                e = placeholder
+            else:
+                node.replace(placeholder)
+        return e
+
+    def _plan_subquery(self, select: exp.Expression) -> exp.Var:
+        scope = build_scope(select.copy())
+        if scope is not None and scope.external_columns:
+            cols = ", ".join(sorted({sql_text(c) for c in scope.external_columns}))
+            raise NotSupportedError(f"correlated subquery (refers to {cols}) is not supported")
+        sub_name = f"__subquery{len(self.subqueries)}"
+        try:
+            sub_plan = sqlglot_planner.Plan(select.copy())
+        except SqlglotError as err:
+            raise NotSupportedError(f"cannot plan subquery: {err}") from err
+        self.subqueries[sub_name] = self.convert(sub_plan.root, [])
+        return exp.Var(this=sub_name)
+
+
+# ------------------------------------------------------------------ helpers
+def _conjuncts(e: exp.Expression | None) -> list[exp.Expression]:
+    if e is None:
+        return []
+    out: list[exp.Expression] = []
+    stack = [e]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, exp.Paren):
+            stack.append(x.this)
+        elif isinstance(x, exp.And):
+            stack.append(x.expression)
+            stack.append(x.this)
+        elif isinstance(x, exp.Boolean) and x.this is True:
+            continue
+        else:
+            out.append(x)
+    return out
+
+
+def _disjuncts(e: exp.Expression) -> list[exp.Expression]:
+    out: list[exp.Expression] = []
+    stack = [e]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, exp.Paren):
+            stack.append(x.this)
+        elif isinstance(x, exp.Or):
+            stack.append(x.expression)
+            stack.append(x.this)
+        else:
+            out.append(x)
+    return out
+
+
+def _and_all(items: Sequence[exp.Expression]) -> exp.Expression | None:
+    if not items:
+        return None
+    out = items[0]
+    for x in items[1:]:
+        out = exp.And(this=out, expression=x)
+    return out
+
+
+def _or_all(items: Sequence[exp.Expression]) -> exp.Expression:
+    out = items[0]
+    for x in items[1:]:
+        out = exp.Or(this=out, expression=x)
+    return exp.Paren(this=out) if len(items) > 1 else out
+
+
+def _dedupe(items: Sequence[exp.Expression]) -> list[exp.Expression]:
+    seen: set[exp.Expression] = set()  # sqlglot expressions hash by structure
+    out = []
+    for x in items:
+        key = x
+        if key not in seen:
+            seen.add(key)
+            out.append(x)
+    return out
+
+
+def _relations(e: exp.Expression) -> set[str]:
+    return {c.table for c in e.find_all(exp.Column) if c.table}
+
+
+def _factor_or(e: exp.Expression) -> exp.Expression:
+    """``(a AND x) OR (a AND y)`` -> ``a AND (x OR y)``."""
+    branches = _disjuncts(e)
+    if len(branches) < 2:
+        return e
+    parts = [_conjuncts(b) for b in branches]
+    common_keys = set.intersection(*({c for c in p} for p in parts))
+    if not common_keys:
+        return e
+    common = [c for c in parts[0] if c in common_keys]
+    rests = [[c for c in p if c not in common_keys] for p in parts]
+    if any(not r for r in rests):
+        return _and_all(common) or e  # one branch is just the common part: the OR is implied
+    rest_or = _or_all([_and_all(r) or exp.true() for r in rests])
+    return _and_all([*common, rest_or]) or e
+
+
+def _implied_filters(e: exp.Expression, rels: set[str]) -> dict[str, exp.Expression]:
+    """For an OR over several relations: per relation, the OR of each branch's
+    conjuncts on that relation alone (implied by ``e``, so safe to push)."""
+    branches = _disjuncts(e)
+    if len(branches) < 2:
+        return {}
+    out = {}
+    for rel in sorted(rels):
+        per_branch = []
+        for b in branches:
+            own = [c for c in _conjuncts(b) if _relations(c) == {rel}]
+            if not own:
+                break
+            per_branch.append(_and_all(own))
+        else:
+            out[rel] = _or_all([p for p in per_branch if p is not None])
+    return out
+
+
+def _eq_columns(e: exp.Expression, rel: str) -> list[exp.Column]:
+    if isinstance(e, exp.EQ):
+        return [s for s in (e.this, e.expression) if isinstance(s, exp.Column) and s.table == rel]
+    return []
+
+
+def _strip_not_not(e: exp.Expression) -> exp.Expression:
+    while isinstance(e, exp.Not) and isinstance(e.this, exp.Not):
+        e = e.this.this
+    while isinstance(e, exp.Paren):
+        e = e.this
+    return e
+
+
+def _is_key_null_test(e: exp.Expression, rel: str, keys: set[str]) -> bool:
+    e = _strip_not_not(e)
+    return (
+        isinstance(e, exp.Is)
+        and isinstance(e.expression, exp.Null)
+        and isinstance(e.this, exp.Column)
+        and e.this.table == rel
+        and e.this.name in keys
+    )
+
+
+def _mentions_elsewhere(
+    rel: str,
+    test: exp.Expression,
+    where: list[exp.Expression],
+    exprs: list[exp.Expression],
+    on: list[exp.Expression],
+) -> bool:
+    """Does anything but ``test`` and the join's ON read columns of ``rel``?"""
+    for e in [*where, *exprs]:
+        if e is test:
+            continue
+        if any(c.table == rel for c in e.find_all(exp.Column)):
+            return True
+    return False
+
+
+def _null_rejecting(e: exp.Expression, rel: str) -> bool:
+    """Is ``e`` false or NULL whenever every column of ``rel`` is NULL?"""
+    e = _strip_not_not(e)
+    if isinstance(e, exp.Not) and isinstance(e.this, exp.Is) and isinstance(e.this.expression, exp.Null):
+        return _strict_on(e.this.this, rel)
+    if isinstance(e, (exp.EQ, exp.NEQ, exp.LT, exp.LTE, exp.GT, exp.GTE)):
+        return _strict_on(e.this, rel) or _strict_on(e.expression, rel)
+    if isinstance(e, (exp.Like, exp.In, exp.Between)):
+        return _strict_on(e.this, rel)
+    if isinstance(e, exp.And):
+        return _null_rejecting(e.this, rel) or _null_rejecting(e.expression, rel)
+    if isinstance(e, exp.Or):
+        return _null_rejecting(e.this, rel) and _null_rejecting(e.expression, rel)
+    return False
+
+
+def _strict_on(e: exp.Expression, rel: str) -> bool:
+    """Is ``e`` NULL whenever ``rel``'s columns are (column or arithmetic)?"""
+    while isinstance(e, exp.Paren):
+        e = e.this
+    if isinstance(e, exp.Column):
+        return e.table == rel
+    if isinstance(e, (exp.Add, exp.Sub, exp.Mul, exp.Div)):
+        return _strict_on(e.this, rel) or _strict_on(e.expression, rel)
+    return False
+
+
+def _pushable(c: exp.Expression, alias: str) -> PushedFilter | None:
+    op = _OPS.get(type(c))
+    if op is None:
+        return None
+    left, right = c.this, c.expression
+    if isinstance(right, exp.Column) and not isinstance(left, exp.Column):
+        left, right = right, left
+        op = _FLIP[op]
+    if not isinstance(left, exp.Column) or left.table != alias:
+        return None
+    try:
+        value = literal_value(right)
+    except ValueError:
+        return None
+    if value is None or not isinstance(value, (int, float, str, bool, datetime.date, decimal.Decimal)):
+        return None
+    return (left.name, op, value)
+
+
+def _selectivity(conds: Sequence[exp.Expression]) -> float:
+    """A guess of the fraction of rows ``conds`` keep (used for join order only)."""
+    sel = 1.0
+    for c in conds:
+        c = _strip_not_not(c)
+        if isinstance(c, exp.EQ):
+            sel *= 0.1
+        elif isinstance(c, exp.In):
+            sel *= 0.2
+        elif isinstance(c, exp.Like):
+            sel *= 0.25
+        else:
+            sel *= 0.5
+    return max(sel, 1e-4)
+
+
+def _unique_sets(node: Node, pks: Mapping[str, Sequence[str]]) -> list[frozenset[str]]:
+    """Sets of output columns on which ``node`` has no duplicate rows."""
+    base: list[frozenset[str]] = []
+    if isinstance(node, TableScanNode):
+        pk = pks.get(node.scan.table)
+        if pk:
+            base = [frozenset(pk)]
+    elif isinstance(node, AggregateNode):
+        base = [frozenset(node.group)]
+    elif isinstance(node, (RefNode, SortNode)):
+        child = node.children()[0] if node.children() else None
+        base = _unique_sets(child, pks) if child is not None else []
+    elif isinstance(node, SetOpNode) and node.distinct:
+        return []
+    if not node.projections:
+        return base
+    renamed: dict[str, str] = {}
+    for p in node.projections:
+        inner = p.unalias() if isinstance(p, exp.Alias) else p
+        if isinstance(inner, exp.Column):
+            renamed.setdefault(inner.name, p.alias_or_name)
+    out = []
+    for s in base:
+        if all(c in renamed for c in s):
+            out.append(frozenset(renamed[c] for c in s))
+    return out
+
+
+def iter_nodes(root: Node) -> Iterator[Node]:
+    """Every node under ``root`` once (shared CTE nodes once)."""
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        yield n
+        stack.extend(n.children())
+
+
+def parse_select(sql: str) -> exp.Expression:
+    """Parse one statement as MySQL (a helper for tests and tools)."""
+    try:
+        return sqlglot.parse_one(sql, read="mysql")
+    except SqlglotError as err:
+        raise ProgrammingError(str(err)) from err
+
