@@ -413,7 +413,7 @@ def run_query(
         want = None
         for _ in range(args.reps):
             t0 = time.perf_counter()
-            want = duck.execute(text).fetch_arrow_table()
+            want = duck.sql(text).to_arrow_table()
             r.duckdb_s.append(time.perf_counter() - t0)
         assert got is not None and want is not None
         r.rows = got.num_rows

@@ -256,6 +256,8 @@ class Catalog:
 
         try:
             return self.client.transaction(ddl)
+        except TableExistsError:
+            raise ProgrammingError(f"table {d.name!r} already exists") from None
         except SchemaError as e:
             raise DataError(str(e)) from e
 
@@ -331,14 +333,24 @@ class Catalog:
                 if not pairs:
                     return 0, None
                 batch = decode_rows(info, [v for _, v in pairs]).to_pylist()
-                for (key, _), row in zip(pairs, batch, strict=True):
-                    handle = key[len(start) :]
-                    for k, v, uniq in info.index_entries(handle, row):
-                        if k.startswith(prefix):
-                            if uniq:
-                                txn.insert(k, v)
-                            else:
-                                txn.put(k, v)
+                entries = [
+                    (k, v, uniq)
+                    for (key, _), row in zip(pairs, batch, strict=True)
+                    for k, v, uniq in info.index_entries(key[len(start) :], row)
+                    if k.startswith(prefix)
+                ]
+                # A unique entry may exist already: written by a writer that
+                # saw the published index (same handle: fine), or by another
+                # row with the same values (a violation).
+                holders = txn.batch_get([k for k, _, uniq in entries if uniq])
+                for k, v, uniq in entries:
+                    if not uniq:
+                        txn.put(k, v)
+                    elif k in holders and holders[k] != v:
+                        raise IntegrityError(f"duplicate values for unique index of {info.name!r}")
+                    elif k not in holders:
+                        holders[k] = v
+                        txn.insert(k, v)  # a racing insert of the same values fails the commit
                 nxt = pairs[-1][0] + b"\x00"
                 return len(pairs), nxt
 

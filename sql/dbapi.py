@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import random
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -111,7 +112,7 @@ class Connection:
         cur.execute(operation, parameters)
         return cur
 
-    def run_transaction(self, fn: Callable[[Cursor], T], max_retries: int = 10) -> T:
+    def run_transaction(self, fn: Callable[[Cursor], T], max_retries: int = 50) -> T:
         """Run ``fn(cursor)`` in its own transaction and commit; if it loses a
         conflict, roll back and run ``fn`` again from the start."""
         s = self.session
@@ -128,7 +129,9 @@ class Connection:
                 s.rollback()
                 if attempt == max_retries:
                     raise
-                time.sleep(min(0.05, 0.001 * 2**attempt))
+                # Jittered exponential backoff: hot rows make conflicts come
+                # in waves; spreading the retries out lets one win each wave.
+                time.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
             except BaseException:
                 s.rollback()
                 raise

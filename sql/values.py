@@ -52,7 +52,7 @@ def to_sql_literal(v: Any) -> exp.Expression:
 
 def bind_params(statement: exp.Expression, params: Sequence[Any]) -> exp.Expression:
     """A copy of ``statement`` with each ``?`` replaced by the next parameter."""
-    holes = [p for p in statement.find_all(exp.Placeholder) if not p.name]
+    holes = [p for p in statement.find_all(exp.Placeholder) if not p.this]
     if len(holes) != len(params):
         raise ProgrammingError(f"statement has {len(holes)} parameters, {len(params)} given")
     if not holes:
@@ -60,7 +60,7 @@ def bind_params(statement: exp.Expression, params: Sequence[Any]) -> exp.Express
     # find_all walks breadth-first; parameters are numbered in text order.
     holes.sort(key=_position)
     out = statement.copy()
-    copies = [p for p in out.find_all(exp.Placeholder) if not p.name]
+    copies = [p for p in out.find_all(exp.Placeholder) if not p.this]
     copies.sort(key=_position)
     for hole, value in zip(copies, params, strict=True):
         hole.replace(to_sql_literal(value))

@@ -75,7 +75,7 @@ def test_tpch_on_the_columnar_replica_matches_duckdb(client: Client, tpch_loaded
         cur = conn.cursor().execute(text)
         got = cur.fetch_arrow_table()
         assert client.columnar.fallbacks == before and not cur.warnings, (n, cur.warnings)
-        want = tpch_loaded.execute(text).fetch_arrow_table()
+        want = tpch_loaded.sql(text).to_arrow_table()
         assert tpch.compare(got, want) is None, n
 
 

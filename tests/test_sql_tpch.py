@@ -32,7 +32,7 @@ def test_tpch_query_matches_duckdb(tpch_db: tuple[sql.Connection, Any], n: int) 
     conn, duck = tpch_db
     text = tpch.query_text(n)
     got = conn.cursor().execute(text).fetch_arrow_table()
-    want = duck.execute(text).fetch_arrow_table()
+    want = duck.sql(text).to_arrow_table()
     assert want.num_rows > 0  # the data is big enough for every query to answer
     assert tpch.compare(got, want) is None
     # An embedded store has no columnar replica: every scan names the row store.
