@@ -617,10 +617,10 @@ def _like(e: exp.Expression, s: Scope, ignore_case: bool = False) -> Value:
     if isinstance(pattern, exp.Escape):
         escape = literal_value(pattern.expression)
         pattern = pattern.this
-    try:
-        pat = literal_value(pattern)
-    except ValueError as err:
-        raise NotSupportedError(f"LIKE with a non-constant pattern ({sql_text(e)})") from err
+    pat_value = _eval(pattern, s)
+    if not _is_scalar(pat_value):
+        raise NotSupportedError(f"LIKE with a non-constant pattern ({sql_text(e)})")
+    pat = pat_value.as_py()
     if pat is None:
         return pa.scalar(None, pa.bool_())
     if escape is not None and escape != "\\":
@@ -765,7 +765,7 @@ def _date_add(v: Value, iv: Interval) -> Value:
         v = v.combine_chunks()
     days = v.cast(pa.int32())
     if unit == "DAY":
-        return pc.add_checked(days, n).cast(pa.date32())
+        return pc.add_checked(days, pa.scalar(n, pa.int32())).cast(pa.date32())
     filled = pc.fill_null(days, 0).to_numpy(zero_copy_only=False).astype("datetime64[D]")
     months = filled.astype("datetime64[M]")
     day_of_month = (filled - months.astype("datetime64[D]")).astype(np.int64)
