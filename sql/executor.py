@@ -137,7 +137,7 @@ class _Run:
             table = self.project(table, node.projections)
         return _slice(table, node.offset, node.limit)
 
-    def filter(self, table: pa.Table, conds: Sequence[exp.Expression]) -> pa.Table:
+    def filter(self, table: pa.Table, conds: Sequence[exp.Expr]) -> pa.Table:
         if not conds or table.num_rows == 0:
             return table
         scope = self.scope(table)
@@ -153,7 +153,7 @@ class _Run:
             return table
         return table.filter(mask)
 
-    def project(self, table: pa.Table, projections: Sequence[exp.Expression]) -> pa.Table:
+    def project(self, table: pa.Table, projections: Sequence[exp.Expr]) -> pa.Table:
         scope = self.scope(table)
         arrays = [evaluate_array(p, scope) for p in projections]
         names = [p.alias_or_name for p in projections]
@@ -203,7 +203,7 @@ class _Run:
         table = self.filter(cur.table, [*pending, *node.post])
         return table
 
-    def inner_joins(self, comps: list[_Rel], pending: list[exp.Expression]) -> _Rel:
+    def inner_joins(self, comps: list[_Rel], pending: list[exp.Expr]) -> _Rel:
         comps = list(comps)
         while len(comps) > 1:
             best: tuple[float, int, int, int] | None = None
@@ -225,7 +225,7 @@ class _Run:
         cur = comps[0]
         return cur
 
-    def merge(self, a: _Rel, b: _Rel, pending: list[exp.Expression]) -> _Rel:
+    def merge(self, a: _Rel, b: _Rel, pending: list[exp.Expr]) -> _Rel:
         """Inner join of two partial results, consuming the conditions of
         ``pending`` that become evaluable."""
         keys = _equi_keys(pending, a, b)
@@ -257,7 +257,7 @@ class _Run:
             sel = min(sel, b.sel * (n / b.table.num_rows if b.table.num_rows else 1.0))
         return _Rel(table, names, unique, max(sel, 1e-6))
 
-    def cross(self, left: pa.Table, right: pa.Table, conds: Sequence[exp.Expression]) -> pa.Table:
+    def cross(self, left: pa.Table, right: pa.Table, conds: Sequence[exp.Expr]) -> pa.Table:
         n, m = left.num_rows, right.num_rows
         names = left.column_names + right.column_names
         if n == 0 or m == 0:
@@ -274,7 +274,7 @@ class _Run:
             parts.append(self.filter(part, conds))
         return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
 
-    def outer_join(self, cur: _Rel, rel: _Rel, kind: str, on: Sequence[exp.Expression]) -> _Rel:
+    def outer_join(self, cur: _Rel, rel: _Rel, kind: str, on: Sequence[exp.Expr]) -> _Rel:
         keys = _equi_keys(list(on), cur, rel)
         used = {id(k[2]) for k in keys}
         residual = [c for c in on if id(c) not in used]
@@ -283,12 +283,19 @@ class _Run:
         names = cur.names | rel.names
         if not residual and keys:
             table = _hash_join(cur.table, rel.table, lk, rk, kind)
-            return _Rel(table, cur.names if kind == "anti" else names, cur.unique if _unique_on(rel, rk) else [], cur.sel)
+            return _Rel(
+                table,
+                cur.names if kind == "anti" else names,
+                cur.unique if _unique_on(rel, rk) else [],
+                cur.sel,
+            )
         if kind in ("right", "full"):
             raise NotSupportedError(f"{kind.upper()} JOIN with a non-equality ON condition")
         # Match by row id: inner-join, filter, then add back the unmatched left rows.
         rowid = "__rowid"
-        left = cur.table.append_column(rowid, pa.array(np.arange(cur.table.num_rows, dtype=np.int64)))
+        left = cur.table.append_column(
+            rowid, pa.array(np.arange(cur.table.num_rows, dtype=np.int64))
+        )
         if keys:
             matched = self.filter(_hash_join(left, rel.table, lk, rk, "inner"), residual)
         else:
@@ -328,10 +335,10 @@ class _Run:
             work_cols[name] = evaluate_array(g, scope)
         # Every aggregate function once; the expressions around them later.
         specs: list[tuple[str | list[str], str, Any]] = []
-        agg_names: dict[exp.Expression, str] = {}
+        agg_names: dict[exp.Expr, str] = {}
         rewritten = []
-        for a in node.aggregations:
-            a = a.copy()
+        for original in node.aggregations:
+            a = original.copy()
             for fn in list(a.find_all(exp.AggFunc)):
                 if fn.find_ancestor(exp.AggFunc) is not None:
                     continue
@@ -394,7 +401,13 @@ class _Run:
             return (name, "count", pc.CountOptions(mode="only_valid"))
         if distinct and not isinstance(fn, (exp.Min, exp.Max)):
             raise NotSupportedError(f"{fn.key.upper()}(DISTINCT ...) is not supported")
-        table_fn = {exp.Sum: "sum", exp.Avg: "mean", exp.Min: "min", exp.Max: "max", exp.ArrayAgg: "list"}
+        table_fn = {
+            exp.Sum: "sum",
+            exp.Avg: "mean",
+            exp.Min: "min",
+            exp.Max: "max",
+            exp.ArrayAgg: "list",
+        }
         pa_fn = table_fn.get(type(fn))
         if pa_fn is None:
             raise NotSupportedError(f"aggregate function {fn.key.upper()} is not supported")
@@ -410,7 +423,11 @@ class _Run:
             raise DataError(f"SUM needs numbers, not {values.type}")
         name = f"{out_name}_in"
         work_cols[name] = values
-        opts = pc.ScalarAggregateOptions(skip_nulls=True, min_count=1) if pa_fn in ("sum", "mean") else None
+        opts = (
+            pc.ScalarAggregateOptions(skip_nulls=True, min_count=1)
+            if pa_fn in ("sum", "mean")
+            else None
+        )
         return (name, pa_fn, opts)
 
     # ------------------------------------------------------------ sort
@@ -434,12 +451,16 @@ class _Run:
             if col.null_count:
                 # A per-key NULL placement: sort on "is null" first.
                 key_cols.append(pc.is_null(col))
-                sort_keys.append((f"k{len(key_cols) - 1}", "descending" if nulls_first else "ascending"))
+                sort_keys.append(
+                    (f"k{len(key_cols) - 1}", "descending" if nulls_first else "ascending")
+                )
             key_cols.append(col)
             sort_keys.append((f"k{len(key_cols) - 1}", "descending" if desc else "ascending"))
             del i
         if key_cols:
-            keys_table = pa.Table.from_arrays(key_cols, names=[f"k{i}" for i in range(len(key_cols))])
+            keys_table = pa.Table.from_arrays(
+                key_cols, names=[f"k{i}" for i in range(len(key_cols))]
+            )
             order = pc.sort_indices(keys_table, sort_keys=sort_keys)
             if node.limit is not None:
                 order = order.slice(node.offset, node.limit)
@@ -455,7 +476,8 @@ class _Run:
         right = self.node(node.right)
         if left.num_columns != right.num_columns:
             raise ProgrammingError(
-                f"{node.op.upper()}: the two sides have {left.num_columns} and {right.num_columns} columns"
+                f"{node.op.upper()}: the two sides have {left.num_columns}"
+                f" and {right.num_columns} columns"
             )
         names = [n.rpartition(".")[2] for n in left.column_names]
         lcols, rcols = [], []
@@ -505,7 +527,7 @@ def _common(a: pa.DataType, b: pa.DataType) -> pa.DataType:
     raise DataError(f"cannot combine column types {a} and {b}")
 
 
-def _rels_of(e: exp.Expression) -> frozenset[str]:
+def _rels_of(e: exp.Expr) -> frozenset[str]:
     return frozenset(c.table for c in e.find_all(exp.Column) if c.table)
 
 
@@ -518,11 +540,9 @@ def _column_in(rel: _Rel, col: exp.Column) -> str | None:
         return None
 
 
-def _equi_keys(
-    conds: Sequence[exp.Expression], a: _Rel, b: _Rel
-) -> list[tuple[str, str, exp.Expression]]:
+def _equi_keys(conds: Sequence[exp.Expr], a: _Rel, b: _Rel) -> list[tuple[str, str, exp.Expr]]:
     """``(column of a, column of b, condition)`` for each ``a.x = b.y`` in ``conds``."""
-    out = []
+    out: list[tuple[str, str, exp.Expr]] = []
     for c in conds:
         if not isinstance(c, exp.EQ):
             continue
@@ -548,11 +568,11 @@ def _estimate(a: _Rel, b: _Rel, ak: Sequence[str], bk: Sequence[str]) -> float:
     na, nb = a.table.num_rows, b.table.num_rows
     ua, ub = _unique_on(a, ak), _unique_on(b, bk)
     if ua and ub:
-        return min(na * b.sel, nb * a.sel)
+        return float(min(na * b.sel, nb * a.sel))
     if ub:
-        return na * b.sel
+        return float(na * b.sel)
     if ua:
-        return nb * a.sel
+        return float(nb * a.sel)
     return float(na) * float(nb)
 
 
@@ -587,23 +607,47 @@ def _hash_join(
             if lt != t:
                 left = left.set_column(left.schema.get_field_index(lk), lk, left.column(lk).cast(t))
             if rt != t:
-                right = right.set_column(right.schema.get_field_index(rk), rk, right.column(rk).cast(t))
+                right = right.set_column(
+                    right.schema.get_field_index(rk), rk, right.column(rk).cast(t)
+                )
     # Acero cannot carry nested columns (ARRAY_AGG lists): join a row index, take after.
-    nested_l = [n for n, f in zip(left.column_names, left.schema, strict=True) if pa.types.is_nested(f.type)]
-    nested_r = [n for n, f in zip(right.column_names, right.schema, strict=True) if pa.types.is_nested(f.type)]
+    nested_l = [
+        n for n, f in zip(left.column_names, left.schema, strict=True) if pa.types.is_nested(f.type)
+    ]
+    nested_r = [
+        n
+        for n, f in zip(right.column_names, right.schema, strict=True)
+        if pa.types.is_nested(f.type)
+    ]
     full_left, full_right = left, right
     if nested_l:
-        left = left.drop_columns(nested_l).append_column("__lidx", pa.array(np.arange(left.num_rows)))
+        left = left.drop_columns(nested_l).append_column(
+            "__lidx", pa.array(np.arange(left.num_rows))
+        )
     if nested_r:
-        right = right.drop_columns(nested_r).append_column("__ridx", pa.array(np.arange(right.num_rows)))
+        right = right.drop_columns(nested_r).append_column(
+            "__ridx", pa.array(np.arange(right.num_rows))
+        )
     swap = right.num_rows > left.num_rows and join_type in _SWAPPED
     try:
         if swap:
-            out = right.join(left, keys=rkeys, right_keys=lkeys, join_type=_SWAPPED[join_type],
-                             coalesce_keys=False, use_threads=True)
+            out = right.join(
+                left,
+                keys=rkeys,
+                right_keys=lkeys,
+                join_type=_SWAPPED[join_type],
+                coalesce_keys=False,
+                use_threads=True,
+            )
         else:
-            out = left.join(right, keys=lkeys, right_keys=rkeys, join_type=join_type,
-                            coalesce_keys=False, use_threads=True)
+            out = left.join(
+                right,
+                keys=lkeys,
+                right_keys=rkeys,
+                join_type=join_type,
+                coalesce_keys=False,
+                use_threads=True,
+            )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as err:
         raise DataError(f"cannot join on {lkeys} = {rkeys}: {err}") from err
     keep_right = join_type not in ("left anti", "left semi")
@@ -620,4 +664,3 @@ def _hash_join(
             out = out.append_column(n, full_right.column(n).take(idx))
         out = out.drop_columns(["__ridx"])
     return out
-

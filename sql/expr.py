@@ -133,7 +133,7 @@ def resolve(index: Mapping[str, str], table: str, name: str) -> str:
     raise ProgrammingError(f"unknown column {shown!r}")
 
 
-def sql_text(e: exp.Expression) -> str:
+def sql_text(e: exp.Expr) -> str:
     """``e`` as MySQL text for messages and EXPLAIN (constructs MySQL lacks,
     like ARRAY_ANY, are printed as sqlglot names them, without a warning)."""
     return e.sql(dialect="mysql", unsupported_level=ErrorLevel.IGNORE)
@@ -143,7 +143,7 @@ def sql_text(e: exp.Expression) -> str:
 def arrow_type_of(dt: exp.DataType) -> pa.DataType:
     """The Arrow type of a SQL type, as the row store maps it (``kvstore.tablecodec``)."""
     t = dt.this
-    T = exp.DataType.Type
+    T = exp.DataType.Type  # noqa: N806 - reads like the SQL it maps
     if t in (T.TINYINT, T.SMALLINT, T.INT, T.BIGINT, T.MEDIUMINT, T.UBIGINT, T.UINT):
         return pa.int64()
     if t in (T.DOUBLE, T.FLOAT):
@@ -169,7 +169,7 @@ def _is_scalar(v: Value) -> bool:
 
 
 def _is_null_type(v: Value) -> bool:
-    return pa.types.is_null(v.type)
+    return bool(pa.types.is_null(v.type))
 
 
 def _is_decimal(t: pa.DataType) -> bool:
@@ -197,7 +197,7 @@ def _python_number(v: Value) -> int | decimal.Decimal | None:
 
 
 def _decimal_scalar(d: decimal.Decimal) -> Value:
-    sign, digits, exponent = d.as_tuple()
+    _, digits, exponent = d.as_tuple()
     assert isinstance(exponent, int)
     scale = max(0, -exponent)
     precision = max(len(digits), scale, 1)
@@ -221,7 +221,9 @@ def _common_type(types: Sequence[pa.DataType]) -> pa.DataType:
         if decs:
             scale = max(t.scale for t in decs)
             # Integers need 19 digits left of the point; cap at 38 (DuckDB caps too).
-            left = max([t.precision - t.scale for t in decs] + ([19] if len(decs) < len(real) else []))
+            left = max(
+                [t.precision - t.scale for t in decs] + ([19] if len(decs) < len(real) else [])
+            )
             if left + scale > 38:
                 return pa.float64()
             return pa.decimal128(left + scale, scale)
@@ -253,7 +255,7 @@ def _broadcast(v: Value, n: int) -> Value:
 
 
 # ------------------------------------------------------------------ literals
-def literal_value(e: exp.Expression) -> Any:
+def literal_value(e: exp.Expr) -> Any:
     """The Python value of a constant expression (int, Decimal, float, str,
     bool, date, None), or raise ``ValueError`` if ``e`` is not a constant the
     planner can push down (no arithmetic is folded here)."""
@@ -309,7 +311,7 @@ def _literal_scalar(e: exp.Literal) -> Value:
 
 
 # ------------------------------------------------------------------ evaluation
-def evaluate(e: exp.Expression, scope: Scope) -> Value:
+def evaluate(e: exp.Expr, scope: Scope) -> Value:
     """``e`` over ``scope.table``: an array of ``num_rows`` values or a scalar."""
     try:
         return _eval(e, scope)
@@ -317,7 +319,7 @@ def evaluate(e: exp.Expression, scope: Scope) -> Value:
         raise DataError(f"cannot evaluate {sql_text(e)}: {err}") from err
 
 
-def evaluate_array(e: exp.Expression, scope: Scope) -> Value:
+def evaluate_array(e: exp.Expr, scope: Scope) -> Value:
     """Like :func:`evaluate` but always an array of ``num_rows`` values."""
     v = evaluate(e, scope)
     if _is_scalar(v):
@@ -327,7 +329,7 @@ def evaluate_array(e: exp.Expression, scope: Scope) -> Value:
     return v
 
 
-def evaluate_mask(e: exp.Expression, scope: Scope) -> Value:
+def evaluate_mask(e: exp.Expr, scope: Scope) -> Value:
     """A condition as a boolean filter (NULL counts as FALSE): a bool array,
     or a Python bool when the condition is constant."""
     v = evaluate(e, scope)
@@ -346,7 +348,7 @@ def _as_bool(v: Value) -> Value:
     raise DataError(f"a condition must be boolean, not {v.type}")
 
 
-_COMPARE: dict[type[exp.Expression], Callable[[Value, Value], Value]] = {
+_COMPARE: dict[type[exp.Expr], Callable[[Value, Value], Value]] = {
     exp.EQ: pc.equal,
     exp.NEQ: pc.not_equal,
     exp.LT: pc.less,
@@ -356,7 +358,7 @@ _COMPARE: dict[type[exp.Expression], Callable[[Value, Value], Value]] = {
 }
 
 
-def _eval(e: exp.Expression, s: Scope) -> Value:
+def _eval(e: exp.Expr, s: Scope) -> Value:
     if isinstance(e, exp.Column):
         return s.column(e.table, e.name)
     if isinstance(e, exp.Literal):
@@ -379,7 +381,7 @@ def _eval(e: exp.Expression, s: Scope) -> Value:
 
 
 # -- arithmetic
-def _arith(e: exp.Expression, s: Scope) -> Value:
+def _arith(e: exp.Expr, s: Scope) -> Value:
     a = _eval(e.this, s)
     b = _eval(e.expression, s)
     if isinstance(b, Interval) or isinstance(a, Interval):
@@ -391,7 +393,7 @@ def _arith(e: exp.Expression, s: Scope) -> Value:
     return arith(type(e), a, b)
 
 
-def arith(op: type[exp.Expression], a: Value, b: Value) -> Value:
+def arith(op: type[exp.Expr], a: Value, b: Value) -> Value:
     """``a op b`` for op in Add/Sub/Mul/Div/IntDiv/Mod with SQL typing."""
     if _is_null_type(a) or _is_null_type(b):
         out_t = pa.float64() if op is exp.Div else _common_type([a.type, b.type])
@@ -423,9 +425,14 @@ def arith(op: type[exp.Expression], a: Value, b: Value) -> Value:
         return _null_if_zero_divisor(out, b)
     if not ints:
         a, b = _to_float(a), _to_float(b)
-        fn = {exp.Add: pc.add, exp.Sub: pc.subtract, exp.Mul: pc.multiply}[op]
+        fn: Any = {exp.Add: pc.add, exp.Sub: pc.subtract, exp.Mul: pc.multiply}[op]  # type: ignore[index]
         return fn(a, b)
-    fn = {exp.Add: pc.add_checked, exp.Sub: pc.subtract_checked, exp.Mul: pc.multiply_checked}[op]
+    checked: dict[Any, Any] = {
+        exp.Add: pc.add_checked,
+        exp.Sub: pc.subtract_checked,
+        exp.Mul: pc.multiply_checked,
+    }
+    fn = checked[op]
     try:
         return fn(a, b)
     except pa.ArrowInvalid as err:
@@ -443,15 +450,13 @@ def _null_if_zero_divisor(out: Value, b: Value) -> Value:
     return pc.if_else(zero, pa.scalar(None, out.type), out)
 
 
-def _fold(
-    op: type[exp.Expression], a: int | decimal.Decimal, b: int | decimal.Decimal
-) -> Value:
+def _fold(op: type[exp.Expr], a: int | decimal.Decimal, b: int | decimal.Decimal) -> Value:
     if op is exp.Div or op is exp.IntDiv or op is exp.Mod:
         if b == 0:
             return pa.scalar(None, pa.float64() if op is exp.Div else pa.int64())
         if op is exp.Div:
             return pa.scalar(float(decimal.Decimal(a) / decimal.Decimal(b)), pa.float64())
-        q = abs(a) // abs(b) * (1 if (a >= 0) == (b >= 0) else -1)
+        q: Any = abs(a) // abs(b) * (1 if (a >= 0) == (b >= 0) else -1)  # type: ignore[operator]
         if op is exp.IntDiv:
             return pa.scalar(int(q), pa.int64())
         r = a - q * b
@@ -470,7 +475,7 @@ def _fold(
     return _decimal_scalar(r2)
 
 
-def _neg(e: exp.Expression, s: Scope) -> Value:
+def _neg(e: exp.Expr, s: Scope) -> Value:
     v = _eval(e.this, s)
     n = _python_number(v)
     if n is not None:
@@ -483,11 +488,11 @@ def _neg(e: exp.Expression, s: Scope) -> Value:
 
 
 # -- comparison and logic
-def _compare_node(e: exp.Expression, s: Scope) -> Value:
+def _compare_node(e: exp.Expr, s: Scope) -> Value:
     return compare(type(e), _eval(e.this, s), _eval(e.expression, s))
 
 
-def compare(op: type[exp.Expression], a: Value, b: Value) -> Value:
+def compare(op: type[exp.Expr], a: Value, b: Value) -> Value:
     """``a op b`` for the six comparisons, NULL when either side is NULL."""
     if _is_null_type(a) or _is_null_type(b):
         n = len(a) if not _is_scalar(a) else (len(b) if not _is_scalar(b) else None)
@@ -523,19 +528,19 @@ def _is_string_like(t: pa.DataType) -> bool:
     return bool(pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t))
 
 
-def _and(e: exp.Expression, s: Scope) -> Value:
+def _and(e: exp.Expr, s: Scope) -> Value:
     return pc.and_kleene(_as_bool(_eval(e.this, s)), _as_bool(_eval(e.expression, s)))
 
 
-def _or(e: exp.Expression, s: Scope) -> Value:
+def _or(e: exp.Expr, s: Scope) -> Value:
     return pc.or_kleene(_as_bool(_eval(e.this, s)), _as_bool(_eval(e.expression, s)))
 
 
-def _not(e: exp.Expression, s: Scope) -> Value:
+def _not(e: exp.Expr, s: Scope) -> Value:
     return pc.invert(_as_bool(_eval(e.this, s)))
 
 
-def _is(e: exp.Expression, s: Scope) -> Value:
+def _is(e: exp.Expr, s: Scope) -> Value:
     v = _eval(e.this, s)
     target = e.expression
     if isinstance(target, exp.Null):
@@ -549,14 +554,14 @@ def _is(e: exp.Expression, s: Scope) -> Value:
     raise NotSupportedError(f"IS {sql_text(target)} is not supported")
 
 
-def _between(e: exp.Expression, s: Scope) -> Value:
+def _between(e: exp.Expr, s: Scope) -> Value:
     v = _eval(e.this, s)
     lo = compare(exp.GTE, v, _eval(e.args["low"], s))
     hi = compare(exp.LTE, v, _eval(e.args["high"], s))
     return pc.and_kleene(lo, hi)
 
 
-def _in(e: exp.Expression, s: Scope) -> Value:
+def _in(e: exp.Expr, s: Scope) -> Value:
     v = _eval(e.this, s)
     query = e.args.get("query")
     if query is not None:
@@ -575,7 +580,9 @@ def _in(e: exp.Expression, s: Scope) -> Value:
             for x in items[1:]:
                 out = pc.or_kleene(out, compare(exp.EQ, v, x))
             return out
-        candidates = pa.array([x.as_py() for x in _unify(items)], type=_common_type([x.type for x in items]))
+        candidates = pa.array(
+            [x.as_py() for x in _unify(items)], type=_common_type([x.type for x in items])
+        )
     return in_set(v, candidates)
 
 
@@ -610,17 +617,17 @@ def in_set(v: Value, candidates: Value) -> Value:
     return found
 
 
-def _like(e: exp.Expression, s: Scope, ignore_case: bool = False) -> Value:
+def _like(e: exp.Expr, s: Scope, ignore_case: bool = False) -> Value:
     v = _eval(e.this, s)
     pattern = e.expression
     escape = None
     if isinstance(pattern, exp.Escape):
         escape = literal_value(pattern.expression)
         pattern = pattern.this
-    try:
-        pat = literal_value(pattern)
-    except ValueError as err:
-        raise NotSupportedError(f"LIKE with a non-constant pattern ({sql_text(e)})") from err
+    pat_value = _eval(pattern, s)
+    if not _is_scalar(pat_value):
+        raise NotSupportedError(f"LIKE with a non-constant pattern ({sql_text(e)})")
+    pat = pat_value.as_py()
     if pat is None:
         return pa.scalar(None, pa.bool_())
     if escape is not None and escape != "\\":
@@ -628,16 +635,18 @@ def _like(e: exp.Expression, s: Scope, ignore_case: bool = False) -> Value:
     if _is_null_type(v):
         return pa.scalar(None, pa.bool_())
     if _is_scalar(v):
-        return pc.match_like(pa.array([v.as_py()], pa.string()), str(pat), ignore_case=ignore_case)[0]
+        return pc.match_like(pa.array([v.as_py()], pa.string()), str(pat), ignore_case=ignore_case)[
+            0
+        ]
     return pc.match_like(v, str(pat), ignore_case=ignore_case)
 
 
-def _ilike(e: exp.Expression, s: Scope) -> Value:
+def _ilike(e: exp.Expr, s: Scope) -> Value:
     return _like(e, s, ignore_case=True)
 
 
 # -- conditionals
-def _case(e: exp.Expression, s: Scope) -> Value:
+def _case(e: exp.Expr, s: Scope) -> Value:
     operand = e.this
     base = _eval(operand, s) if operand is not None else None
     conds = []
@@ -671,7 +680,7 @@ def _case_when(conds: list[Value], values: list[Value], n: int) -> Value:
     return pc.case_when(struct, *vals)
 
 
-def _if(e: exp.Expression, s: Scope) -> Value:
+def _if(e: exp.Expr, s: Scope) -> Value:
     cond = _as_bool(_eval(e.this, s))
     t = _eval(e.args["true"], s)
     f_expr = e.args.get("false")
@@ -679,7 +688,7 @@ def _if(e: exp.Expression, s: Scope) -> Value:
     return _case_when([cond], [t, f], s.table.num_rows)
 
 
-def _coalesce(e: exp.Expression, s: Scope) -> Value:
+def _coalesce(e: exp.Expr, s: Scope) -> Value:
     values = _unify([_eval(x, s) for x in [e.this, *e.expressions]])
     if pa.types.is_null(values[0].type):
         return pa.scalar(None)
@@ -688,7 +697,7 @@ def _coalesce(e: exp.Expression, s: Scope) -> Value:
     return pc.coalesce(*values)
 
 
-def _nullif(e: exp.Expression, s: Scope) -> Value:
+def _nullif(e: exp.Expr, s: Scope) -> Value:
     a = _eval(e.this, s)
     b = _eval(e.expression, s)
     eq = compare(exp.EQ, a, b)
@@ -698,7 +707,8 @@ def _nullif(e: exp.Expression, s: Scope) -> Value:
 
 
 # -- casts, dates, strings
-def _cast(e: exp.Expression, s: Scope) -> Value:
+def _cast(e: exp.Expr, s: Scope) -> Value:
+    assert isinstance(e, exp.Cast)
     to = arrow_type_of(e.to)
     if isinstance(e.this, exp.Literal):
         try:
@@ -717,20 +727,21 @@ def _cast(e: exp.Expression, s: Scope) -> Value:
     return pc.cast(v, to)
 
 
-def _interval(e: exp.Expression, s: Scope) -> Interval:
+def _interval(e: exp.Expr, s: Scope) -> Interval:
     try:
         n = literal_value(e.this)
         n = int(str(n).strip())
     except (ValueError, TypeError) as err:
         raise NotSupportedError(f"non-constant interval {sql_text(e)}") from err
-    unit = e.unit.name.upper() if e.unit is not None else "DAY"
+    unit_node = e.args.get("unit")
+    unit = unit_node.name.upper() if unit_node is not None else "DAY"
     unit = unit.rstrip("S") if unit.endswith("S") and unit != "S" else unit
     if unit not in ("DAY", "WEEK", "MONTH", "QUARTER", "YEAR"):
         raise NotSupportedError(f"interval unit {unit} is not supported")
     return Interval(n, unit)
 
 
-def _date_add_node(e: exp.Expression, s: Scope) -> Value:
+def _date_add_node(e: exp.Expr, s: Scope) -> Value:
     v = _eval(e.this, s)
     amount = literal_value(e.expression)
     unit = e.args.get("unit")
@@ -765,13 +776,17 @@ def _date_add(v: Value, iv: Interval) -> Value:
         v = v.combine_chunks()
     days = v.cast(pa.int32())
     if unit == "DAY":
-        return pc.add_checked(days, n).cast(pa.date32())
+        return pc.add_checked(days, pa.scalar(n, pa.int32())).cast(pa.date32())
     filled = pc.fill_null(days, 0).to_numpy(zero_copy_only=False).astype("datetime64[D]")
     months = filled.astype("datetime64[M]")
     day_of_month = (filled - months.astype("datetime64[D]")).astype(np.int64)
     target = months + np.timedelta64(n, "M")
-    month_len = ((target + np.timedelta64(1, "M")).astype("datetime64[D]") - target.astype("datetime64[D]")).astype(np.int64)
-    out = target.astype("datetime64[D]") + np.minimum(day_of_month, month_len - 1).astype("timedelta64[D]")
+    month_len = (
+        (target + np.timedelta64(1, "M")).astype("datetime64[D]") - target.astype("datetime64[D]")
+    ).astype(np.int64)
+    out = target.astype("datetime64[D]") + np.minimum(day_of_month, month_len - 1).astype(
+        "timedelta64[D]"
+    )
     arr = pa.array(out.astype(np.int64).astype(np.int32), pa.int32()).cast(pa.date32())
     if v.null_count:
         arr = pc.if_else(pc.is_null(v), pa.scalar(None, pa.date32()), arr)
@@ -798,7 +813,7 @@ _EXTRACT = {
 }
 
 
-def _extract(e: exp.Expression, s: Scope) -> Value:
+def _extract(e: exp.Expr, s: Scope) -> Value:
     part = e.this.name.upper()
     fn = _EXTRACT.get(part)
     if fn is None:
@@ -814,19 +829,19 @@ def _temporal_part(fn: Callable[[Value], Value], v: Value) -> Value:
     return pc.cast(fn(v), pa.int64())
 
 
-def _year(e: exp.Expression, s: Scope) -> Value:
+def _year(e: exp.Expr, s: Scope) -> Value:
     return _temporal_part(pc.year, _eval(e.this, s))
 
 
-def _month(e: exp.Expression, s: Scope) -> Value:
+def _month(e: exp.Expr, s: Scope) -> Value:
     return _temporal_part(pc.month, _eval(e.this, s))
 
 
-def _day(e: exp.Expression, s: Scope) -> Value:
+def _day(e: exp.Expr, s: Scope) -> Value:
     return _temporal_part(pc.day, _eval(e.this, s))
 
 
-def _substring(e: exp.Expression, s: Scope) -> Value:
+def _substring(e: exp.Expr, s: Scope) -> Value:
     v = _eval(e.this, s)
     try:
         start = int(literal_value(e.args["start"]))
@@ -852,28 +867,28 @@ def _substring(e: exp.Expression, s: Scope) -> Value:
     return pc.utf8_slice_codeunits(v, begin, stop)
 
 
-def _upper(e: exp.Expression, s: Scope) -> Value:
+def _upper(e: exp.Expr, s: Scope) -> Value:
     return pc.utf8_upper(_eval(e.this, s))
 
 
-def _lower(e: exp.Expression, s: Scope) -> Value:
+def _lower(e: exp.Expr, s: Scope) -> Value:
     return pc.utf8_lower(_eval(e.this, s))
 
 
-def _length(e: exp.Expression, s: Scope) -> Value:
+def _length(e: exp.Expr, s: Scope) -> Value:
     return pc.cast(pc.utf8_length(_eval(e.this, s)), pa.int64())
 
 
-def _concat(e: exp.Expression, s: Scope) -> Value:
+def _concat(e: exp.Expr, s: Scope) -> Value:
     parts = [_cast_to(_eval(x, s), pa.string()) for x in e.expressions]
     return pc.binary_join_element_wise(*parts, "")
 
 
-def _abs(e: exp.Expression, s: Scope) -> Value:
+def _abs(e: exp.Expr, s: Scope) -> Value:
     return pc.abs(_eval(e.this, s))
 
 
-def _round(e: exp.Expression, s: Scope) -> Value:
+def _round(e: exp.Expr, s: Scope) -> Value:
     v = _eval(e.this, s)
     d = e.args.get("decimals")
     nd = int(literal_value(d)) if d is not None else 0
@@ -881,7 +896,7 @@ def _round(e: exp.Expression, s: Scope) -> Value:
 
 
 # -- ARRAY_ANY(list, x -> predicate): what the optimizer makes of EXISTS with <>
-def _array_any(e: exp.Expression, s: Scope) -> Value:
+def _array_any(e: exp.Expr, s: Scope) -> Value:
     lam = e.expression
     if not isinstance(lam, exp.Lambda) or len(lam.expressions) != 1:
         raise NotSupportedError(f"ARRAY_ANY needs a one-parameter lambda ({sql_text(e)})")
@@ -917,7 +932,7 @@ def _array_any(e: exp.Expression, s: Scope) -> Value:
     return out
 
 
-def _scalar_subquery(e: exp.Expression, s: Scope) -> Value:
+def _scalar_subquery(e: exp.Expr, s: Scope) -> Value:
     if not isinstance(e, exp.Var) or e.name not in s.subqueries:
         raise NotSupportedError(f"{sql_text(e)} is not supported here")
     sub = s.subqueries[e.name]
@@ -931,21 +946,23 @@ def _scalar_subquery(e: exp.Expression, s: Scope) -> Value:
     return col[0]
 
 
-def _exists(e: exp.Expression, s: Scope) -> Value:
+def _exists(e: exp.Expr, s: Scope) -> Value:
     target = e.this
     if not isinstance(target, exp.Var) or target.name not in s.subqueries:
         raise NotSupportedError(f"correlated EXISTS ({sql_text(e)}) is not supported")
     return pa.scalar(s.subqueries[target.name].num_rows > 0)
 
 
-def _placeholder(e: exp.Expression, s: Scope) -> Value:
+def _placeholder(e: exp.Expr, s: Scope) -> Value:
     # plan_query numbers the placeholders in statement order (this="0", "1", ...).
     try:
         i = int(e.name)
     except ValueError as err:
         raise NotSupportedError(f"named placeholder {sql_text(e)} is not supported") from err
     if i >= len(s.params):
-        raise ProgrammingError(f"the statement has more placeholders than the {len(s.params)} parameters given")
+        raise ProgrammingError(
+            f"the statement has more placeholders than the {len(s.params)} parameters given"
+        )
     v = s.params[i]
     if isinstance(v, decimal.Decimal):
         return _decimal_scalar(v)
@@ -963,7 +980,7 @@ def _placeholder(e: exp.Expression, s: Scope) -> Value:
         raise DataError(f"parameter {i + 1} ({type(v).__name__}) cannot be used in SQL") from err
 
 
-_HANDLERS: dict[type[exp.Expression], Callable[[Any, Scope], Value]] = {
+_HANDLERS: dict[type[exp.Expr], Callable[[Any, Scope], Value]] = {
     exp.Add: _arith,
     exp.Sub: _arith,
     exp.Mul: _arith,

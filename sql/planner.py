@@ -73,7 +73,7 @@ __all__ = [
 ]
 
 PushedFilter = tuple[str, str, Any]
-_OPS: dict[type[exp.Expression], str] = {
+_OPS: dict[type[exp.Expr], str] = {
     exp.EQ: "=",
     exp.NEQ: "!=",
     exp.LT: "<",
@@ -99,7 +99,7 @@ class ScanNode:
     alias: str
     columns: list[str]
     filters: list[PushedFilter] = field(default_factory=list)
-    condition: exp.Expression | None = None
+    condition: exp.Expr | None = None
 
     def describe(self) -> str:
         parts = [f"cols={','.join(self.columns)}"]
@@ -118,8 +118,8 @@ class Node:
     then ``offset``/``limit``."""
 
     name: str
-    projections: list[exp.Expression] = field(default_factory=list)
-    condition: exp.Expression | None = None
+    projections: list[exp.Expr] = field(default_factory=list)
+    condition: exp.Expr | None = None
     limit: int | None = None
     offset: int = 0
 
@@ -180,8 +180,8 @@ class JoinInput:
     name: str
     node: Node
     kind: str = "inner"
-    on: list[exp.Expression] = field(default_factory=list)
-    filter: exp.Expression | None = None
+    on: list[exp.Expr] = field(default_factory=list)
+    filter: exp.Expr | None = None
     unique: list[frozenset[str]] = field(default_factory=list)
     selectivity: float = 1.0
 
@@ -195,8 +195,8 @@ class JoinNode(Node):
     the executor may choose the order of the inner joins."""
 
     inputs: list[JoinInput] = field(default_factory=list)
-    conditions: list[exp.Expression] = field(default_factory=list)
-    post: list[exp.Expression] = field(default_factory=list)
+    conditions: list[exp.Expr] = field(default_factory=list)
+    post: list[exp.Expr] = field(default_factory=list)
     reorder: bool = True
 
     def children(self) -> list[Node]:
@@ -210,9 +210,9 @@ class AggregateNode(Node):
     expressions over aggregate functions); ``condition`` is HAVING."""
 
     child: Node | None = None
-    group: dict[str, exp.Expression] = field(default_factory=dict)
-    aggregations: list[exp.Expression] = field(default_factory=list)
-    operands: list[exp.Expression] = field(default_factory=list)
+    group: dict[str, exp.Expr] = field(default_factory=dict)
+    aggregations: list[exp.Expr] = field(default_factory=list)
+    operands: list[exp.Expr] = field(default_factory=list)
 
     def children(self) -> list[Node]:
         return [self.child] if self.child is not None else []
@@ -288,7 +288,9 @@ def _explain(
     if isinstance(node, TableScanNode):
         engine = f" [{engine_of(node.scan)}]" if engine_of is not None else ""
         alias = f" AS {node.scan.alias}" if node.scan.alias != node.scan.table else ""
-        lines.append(f"{pad}TableScan {node.scan.table}{alias}{engine} {node.scan.describe()}{node._tail()}")
+        lines.append(
+            f"{pad}TableScan {node.scan.table}{alias}{engine} {node.scan.describe()}{node._tail()}"
+        )
         return
     if isinstance(node, ValuesNode):
         lines.append(f"{pad}Values (one row){node._tail()}")
@@ -330,7 +332,7 @@ def _explain(
 
 # ------------------------------------------------------------------ planning
 def plan_query(
-    select: exp.Expression,
+    select: exp.Expr,
     schema: Mapping[str, Mapping[str, str]],
     primary_keys: Mapping[str, Sequence[str]] | None = None,
 ) -> QueryPlan:
@@ -344,7 +346,7 @@ def plan_query(
     if not isinstance(select, (exp.Select, exp.SetOperation, exp.Subquery)):
         raise NotSupportedError(f"only SELECT can be planned, not {select.key.upper()}")
     # sqlglot wants plain dicts; it lower-cases identifiers as MySQL does.
-    plain = {t: dict(cols) for t, cols in schema.items()}
+    plain: dict[str, object] = {t: dict(cols) for t, cols in schema.items()}
     select = select.copy()
     # Number the ``?`` placeholders in statement order before the optimizer
     # moves conditions around (a depth-first walk follows the written order).
@@ -357,7 +359,7 @@ def plan_query(
     except SqlglotError as err:
         raise ProgrammingError(str(err)) from err
     planner = _Planner(
-        {t.lower(): list(c) for t, c in plain.items()},
+        {t.lower(): list(c) for t, c in schema.items()},
         {t.lower(): list(k) for t, k in (primary_keys or {}).items()},
     )
     try:
@@ -369,7 +371,7 @@ def plan_query(
     root = planner.convert(plan.root, [])
     names = [p.alias_or_name for p in root.projections] if root.projections else []
     if not names:
-        names = [s.alias_or_name for s in optimized.selects]
+        names = [s.alias_or_name for s in getattr(optimized, "selects", [])]
     return QueryPlan(root, planner.subqueries, planner.scans, names, sql_text(optimized))
 
 
@@ -383,7 +385,7 @@ class _Planner:
         self._ctes: exp.With | None = None
 
     # -- steps -> nodes
-    def convert(self, step: sqlglot_planner.Step, chain: list[exp.Expression]) -> Node:
+    def convert(self, step: sqlglot_planner.Step, chain: list[exp.Expr]) -> Node:
         """``chain``: expressions of the steps above ``step`` in the same
         SELECT (they decide which table columns must be read)."""
         key = id(step)
@@ -400,7 +402,7 @@ class _Planner:
         node.limit = None if step.limit == float("inf") else int(step.limit)
         node.offset = int(step.offset or 0)
 
-    def _convert(self, step: sqlglot_planner.Step, chain: list[exp.Expression]) -> Node:
+    def _convert(self, step: sqlglot_planner.Step, chain: list[exp.Expr]) -> Node:
         name = step.name or ""
         if isinstance(step, sqlglot_planner.Scan):
             return self._scan(step, chain)
@@ -412,7 +414,13 @@ class _Planner:
             agg.group = {k: self._lift(v) for k, v in step.group.items()}
             agg.aggregations = [self._lift(a) for a in step.aggregations]
             agg.operands = [self._lift(o) for o in step.operands]
-            below = [*chain, *agg.group.values(), *agg.aggregations, *agg.operands, *agg.projections]
+            below = [
+                *chain,
+                *agg.group.values(),
+                *agg.aggregations,
+                *agg.operands,
+                *agg.projections,
+            ]
             if agg.condition is not None:
                 below.append(agg.condition)
             (dep,) = step.dependencies
@@ -437,7 +445,7 @@ class _Planner:
             return setop
         raise NotSupportedError(f"plan step {type(step).__name__} is not supported")
 
-    def _scan(self, step: sqlglot_planner.Scan, chain: list[exp.Expression]) -> Node:
+    def _scan(self, step: sqlglot_planner.Scan, chain: list[exp.Expr]) -> Node:
         name = step.name or ""
         source = step.source
         if source is None:
@@ -464,7 +472,7 @@ class _Planner:
         self._finish_scan(scan, [*chain, *node.projections])
         return node
 
-    def _finish_scan(self, scan: ScanNode, exprs: Sequence[exp.Expression]) -> None:
+    def _finish_scan(self, scan: ScanNode, exprs: Sequence[exp.Expr]) -> None:
         wanted: set[str] = set()
         for e in [*exprs, *([scan.condition] if scan.condition is not None else [])]:
             for col in e.find_all(exp.Column):
@@ -474,7 +482,7 @@ class _Planner:
         scan.columns = [c for c in cols if c in wanted] or cols[:1]
         self.scans.append(scan)
 
-    def _push_into_scan(self, scan: ScanNode, conjuncts: Sequence[exp.Expression]) -> None:
+    def _push_into_scan(self, scan: ScanNode, conjuncts: Sequence[exp.Expr]) -> None:
         if not conjuncts:
             return
         current = _conjuncts(scan.condition) if scan.condition is not None else []
@@ -482,22 +490,22 @@ class _Planner:
         scan.condition = _and_all(merged)
         scan.filters = [f for c in merged if (f := _pushable(c, scan.alias)) is not None]
 
-    def _join(self, step: sqlglot_planner.Join, chain: list[exp.Expression]) -> Node:
+    def _join(self, step: sqlglot_planner.Join, chain: list[exp.Expr]) -> Node:
         name = step.name or ""
         node = JoinNode(name)
         self._common(step, node)
         deps = {d.name: d for d in step.dependencies}
         source_name = step.source_name or name
-        exprs: list[exp.Expression] = [*chain, *node.projections]
+        exprs: list[exp.Expr] = [*chain, *node.projections]
         # (name, side, ON conjuncts) in written order; the source first.
-        specs: list[tuple[str, str, list[exp.Expression]]] = [(source_name, "inner", [])]
+        specs: list[tuple[str, str, list[exp.Expr]]] = [(source_name, "inner", [])]
         for jname, j in step.joins.items():
             side = str(j.get("side") or "").lower() or "inner"
-            conj: list[exp.Expression] = []
-            for a, b in zip(j.get("source_key") or [], j.get("join_key") or [], strict=True):  # type: ignore[call-overload]
+            conj: list[exp.Expr] = []
+            for a, b in zip(j.get("source_key") or [], j.get("join_key") or [], strict=True):
                 conj.append(exp.EQ(this=self._lift(a), expression=self._lift(b)))
             cond = j.get("condition")
-            if isinstance(cond, exp.Expression):
+            if isinstance(cond, exp.Expr):
                 conj.extend(_conjuncts(self._lift(cond)))
             specs.append((jname, side, _dedupe(conj)))
         where = _conjuncts(node.condition) if node.condition is not None else []
@@ -515,7 +523,9 @@ class _Planner:
             spec_on = next(s[2] for s in specs if s[0] == n)
             keys = {c.name for e in spec_on for c in _eq_columns(e, n)}
             for w in list(where):
-                if _is_key_null_test(w, n, keys) and not _mentions_elsewhere(n, w, where, exprs, spec_on):
+                if _is_key_null_test(w, n, keys) and not _mentions_elsewhere(
+                    n, w, where, exprs, spec_on
+                ):
                     kinds[n] = "anti"
                     where.remove(w)
                     break
@@ -523,8 +533,8 @@ class _Planner:
                     kinds[n] = "inner"
                     outer.discard(n)
                     break
-        inner_conds: list[exp.Expression] = []
-        on_of: dict[str, list[exp.Expression]] = {}
+        inner_conds: list[exp.Expr] = []
+        on_of: dict[str, list[exp.Expr]] = {}
         for n, _, conj in specs:
             if kinds[n] == "inner":
                 inner_conds.extend(conj)
@@ -533,9 +543,9 @@ class _Planner:
         inner_conds.extend(where)
         inner_conds = _dedupe([c for e in inner_conds for c in _conjuncts(_factor_or(e))])
         # Which relation each single-relation conjunct is pushed into.
-        pushed: dict[str, list[exp.Expression]] = {n: [] for n in names}
-        conditions: list[exp.Expression] = []
-        post: list[exp.Expression] = []
+        pushed: dict[str, list[exp.Expr]] = {n: [] for n in names}
+        conditions: list[exp.Expr] = []
+        post: list[exp.Expr] = []
         for c in inner_conds:
             rels = _relations(c) & set(names)
             if len(rels) == 1 and not (rels & outer):
@@ -564,12 +574,14 @@ class _Planner:
         for c in conditions:
             if _relations(c) & outer:
                 node.reorder = False
-        for n, side, _ in specs:
+        for n, _, _ in specs:
             dep = deps.get(n)
             if dep is None:
                 raise NotSupportedError(f"join input {n!r} not found in the plan")
             child_chain = [*exprs, *inner_conds, *post, *[c for v in on_of.values() for c in v]]
-            inp = JoinInput(n, self._input(dep, n, pushed[n], child_chain), kinds[n], on_of.get(n, []))
+            inp = JoinInput(
+                n, self._input(dep, n, pushed[n], child_chain), kinds[n], on_of.get(n, [])
+            )
             if not isinstance(inp.node, TableScanNode) and pushed[n]:
                 inp.filter = _and_all(_dedupe(pushed[n]))
             inp.unique = _unique_sets(inp.node, self.pks)
@@ -583,8 +595,8 @@ class _Planner:
         self,
         dep: sqlglot_planner.Step,
         name: str,
-        pushed: list[exp.Expression],
-        chain: list[exp.Expression],
+        pushed: list[exp.Expr],
+        chain: list[exp.Expr],
     ) -> Node:
         if (
             isinstance(dep, sqlglot_planner.Scan)
@@ -607,10 +619,10 @@ class _Planner:
         return self.convert(dep, [])
 
     # -- subqueries inside expressions
-    def _lift(self, e: exp.Expression) -> exp.Expression:
+    def _lift(self, e: exp.Expr) -> exp.Expr:
         """``e`` with each uncorrelated subquery replaced by a placeholder
         ``exp.Var`` whose plan is in ``self.subqueries``."""
-        if not isinstance(e, exp.Expression) or not e.find(exp.Subquery, exp.Exists, exp.Select):
+        if not isinstance(e, exp.Expr) or not e.find(exp.Subquery, exp.Exists, exp.Select):
             return e
         e = e.copy()
         for node in list(e.find_all(exp.Subquery, exp.Exists)):
@@ -628,7 +640,7 @@ class _Planner:
                 node.replace(placeholder)
         return e
 
-    def _plan_subquery(self, select: exp.Expression) -> exp.Var:
+    def _plan_subquery(self, select: exp.Expr) -> exp.Var:
         scope = build_scope(select.copy())
         if scope is not None and scope.external_columns:
             cols = ", ".join(sorted({sql_text(c) for c in scope.external_columns}))
@@ -643,10 +655,10 @@ class _Planner:
 
 
 # ------------------------------------------------------------------ helpers
-def _conjuncts(e: exp.Expression | None) -> list[exp.Expression]:
+def _conjuncts(e: exp.Expr | None) -> list[exp.Expr]:
     if e is None:
         return []
-    out: list[exp.Expression] = []
+    out: list[exp.Expr] = []
     stack = [e]
     while stack:
         x = stack.pop()
@@ -662,8 +674,8 @@ def _conjuncts(e: exp.Expression | None) -> list[exp.Expression]:
     return out
 
 
-def _disjuncts(e: exp.Expression) -> list[exp.Expression]:
-    out: list[exp.Expression] = []
+def _disjuncts(e: exp.Expr) -> list[exp.Expr]:
+    out: list[exp.Expr] = []
     stack = [e]
     while stack:
         x = stack.pop()
@@ -677,7 +689,7 @@ def _disjuncts(e: exp.Expression) -> list[exp.Expression]:
     return out
 
 
-def _and_all(items: Sequence[exp.Expression]) -> exp.Expression | None:
+def _and_all(items: Sequence[exp.Expr]) -> exp.Expr | None:
     if not items:
         return None
     out = items[0]
@@ -686,15 +698,15 @@ def _and_all(items: Sequence[exp.Expression]) -> exp.Expression | None:
     return out
 
 
-def _or_all(items: Sequence[exp.Expression]) -> exp.Expression:
+def _or_all(items: Sequence[exp.Expr]) -> exp.Expr:
     out = items[0]
     for x in items[1:]:
         out = exp.Or(this=out, expression=x)
     return exp.Paren(this=out) if len(items) > 1 else out
 
 
-def _dedupe(items: Sequence[exp.Expression]) -> list[exp.Expression]:
-    seen: set[exp.Expression] = set()  # sqlglot expressions hash by structure
+def _dedupe(items: Sequence[exp.Expr]) -> list[exp.Expr]:
+    seen: set[exp.Expr] = set()  # sqlglot expressions hash by structure
     out = []
     for x in items:
         key = x
@@ -704,11 +716,11 @@ def _dedupe(items: Sequence[exp.Expression]) -> list[exp.Expression]:
     return out
 
 
-def _relations(e: exp.Expression) -> set[str]:
+def _relations(e: exp.Expr) -> set[str]:
     return {c.table for c in e.find_all(exp.Column) if c.table}
 
 
-def _factor_or(e: exp.Expression) -> exp.Expression:
+def _factor_or(e: exp.Expr) -> exp.Expr:
     """``(a AND x) OR (a AND y)`` -> ``a AND (x OR y)``."""
     branches = _disjuncts(e)
     if len(branches) < 2:
@@ -725,7 +737,7 @@ def _factor_or(e: exp.Expression) -> exp.Expression:
     return _and_all([*common, rest_or]) or e
 
 
-def _implied_filters(e: exp.Expression, rels: set[str]) -> dict[str, exp.Expression]:
+def _implied_filters(e: exp.Expr, rels: set[str]) -> dict[str, exp.Expr]:
     """For an OR over several relations: per relation, the OR of each branch's
     conjuncts on that relation alone (implied by ``e``, so safe to push)."""
     branches = _disjuncts(e)
@@ -744,13 +756,13 @@ def _implied_filters(e: exp.Expression, rels: set[str]) -> dict[str, exp.Express
     return out
 
 
-def _eq_columns(e: exp.Expression, rel: str) -> list[exp.Column]:
+def _eq_columns(e: exp.Expr, rel: str) -> list[exp.Column]:
     if isinstance(e, exp.EQ):
         return [s for s in (e.this, e.expression) if isinstance(s, exp.Column) and s.table == rel]
     return []
 
 
-def _strip_not_not(e: exp.Expression) -> exp.Expression:
+def _strip_not_not(e: exp.Expr) -> exp.Expr:
     while isinstance(e, exp.Not) and isinstance(e.this, exp.Not):
         e = e.this.this
     while isinstance(e, exp.Paren):
@@ -758,7 +770,7 @@ def _strip_not_not(e: exp.Expression) -> exp.Expression:
     return e
 
 
-def _is_key_null_test(e: exp.Expression, rel: str, keys: set[str]) -> bool:
+def _is_key_null_test(e: exp.Expr, rel: str, keys: set[str]) -> bool:
     e = _strip_not_not(e)
     return (
         isinstance(e, exp.Is)
@@ -771,10 +783,10 @@ def _is_key_null_test(e: exp.Expression, rel: str, keys: set[str]) -> bool:
 
 def _mentions_elsewhere(
     rel: str,
-    test: exp.Expression,
-    where: list[exp.Expression],
-    exprs: list[exp.Expression],
-    on: list[exp.Expression],
+    test: exp.Expr,
+    where: list[exp.Expr],
+    exprs: list[exp.Expr],
+    on: list[exp.Expr],
 ) -> bool:
     """Does anything but ``test`` and the join's ON read columns of ``rel``?"""
     for e in [*where, *exprs]:
@@ -785,10 +797,14 @@ def _mentions_elsewhere(
     return False
 
 
-def _null_rejecting(e: exp.Expression, rel: str) -> bool:
+def _null_rejecting(e: exp.Expr, rel: str) -> bool:
     """Is ``e`` false or NULL whenever every column of ``rel`` is NULL?"""
     e = _strip_not_not(e)
-    if isinstance(e, exp.Not) and isinstance(e.this, exp.Is) and isinstance(e.this.expression, exp.Null):
+    if (
+        isinstance(e, exp.Not)
+        and isinstance(e.this, exp.Is)
+        and isinstance(e.this.expression, exp.Null)
+    ):
         return _strict_on(e.this.this, rel)
     if isinstance(e, (exp.EQ, exp.NEQ, exp.LT, exp.LTE, exp.GT, exp.GTE)):
         return _strict_on(e.this, rel) or _strict_on(e.expression, rel)
@@ -801,7 +817,7 @@ def _null_rejecting(e: exp.Expression, rel: str) -> bool:
     return False
 
 
-def _strict_on(e: exp.Expression, rel: str) -> bool:
+def _strict_on(e: exp.Expr, rel: str) -> bool:
     """Is ``e`` NULL whenever ``rel``'s columns are (column or arithmetic)?"""
     while isinstance(e, exp.Paren):
         e = e.this
@@ -812,7 +828,7 @@ def _strict_on(e: exp.Expression, rel: str) -> bool:
     return False
 
 
-def _pushable(c: exp.Expression, alias: str) -> PushedFilter | None:
+def _pushable(c: exp.Expr, alias: str) -> PushedFilter | None:
     op = _OPS.get(type(c))
     if op is None:
         return None
@@ -826,16 +842,18 @@ def _pushable(c: exp.Expression, alias: str) -> PushedFilter | None:
         value = literal_value(right)
     except ValueError:
         return None
-    if value is None or not isinstance(value, (int, float, str, bool, datetime.date, decimal.Decimal)):
+    if value is None or not isinstance(
+        value, (int, float, str, bool, datetime.date, decimal.Decimal)
+    ):
         return None
     return (left.name, op, value)
 
 
-def _selectivity(conds: Sequence[exp.Expression]) -> float:
+def _selectivity(conds: Sequence[exp.Expr]) -> float:
     """A guess of the fraction of rows ``conds`` keep (used for join order only)."""
     sel = 1.0
-    for c in conds:
-        c = _strip_not_not(c)
+    for cond in conds:
+        c = _strip_not_not(cond)
         if isinstance(c, exp.EQ):
             sel *= 0.1
         elif isinstance(c, exp.In):
@@ -888,10 +906,9 @@ def iter_nodes(root: Node) -> Iterator[Node]:
         stack.extend(n.children())
 
 
-def parse_select(sql: str) -> exp.Expression:
+def parse_select(sql: str) -> exp.Expr:
     """Parse one statement as MySQL (a helper for tests and tools)."""
     try:
         return sqlglot.parse_one(sql, read="mysql")
     except SqlglotError as err:
         raise ProgrammingError(str(err)) from err
-
