@@ -8,24 +8,22 @@ VARCHAR -> string), so the engine is tested on what storage will hand it.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import sqlglot
 from sqlglot import exp
 
+from bench import tpch
+from bench.tpch import SQL_DIR as TPCH_DIR
+from bench.tpch import TABLES, query_text
 from kvstore.tablecodec import ColumnInfo
 
-TPCH_DIR = Path(__file__).parent / "tpch"
-TABLES = ["region", "nation", "supplier", "customer", "part", "partsupp", "orders", "lineitem"]
+__all__ = ["TABLES", "generate", "load", "planner_schema", "primary_keys", "query_text"]
 
 
 def schema_sql() -> dict[str, list[ColumnInfo]]:
-    """The columns of tests/tpch/schema.sql, as the catalog describes them."""
+    """The columns of bench/tpch_sql/schema.sql, as the catalog describes them."""
     out: dict[str, list[ColumnInfo]] = {}
     text = (TPCH_DIR / "schema.sql").read_text()
     for stmt in sqlglot.parse(text, read="mysql"):
@@ -56,26 +54,17 @@ def planner_schema() -> dict[str, dict[str, str]]:
     return {t: {c.name: c.type for c in cols} for t, cols in schema_sql().items()}
 
 
-def generate(scale: float, out_dir: Path) -> Path:
-    """Parquet files of the 8 tables at ``scale`` (tpchgen-cli, deterministic)."""
-    exe = shutil.which("tpchgen-cli") or str(Path(sys.executable).parent / "tpchgen-cli")
-    subprocess.run(
-        [exe, "parquet", "--scale-factor", str(scale), "--output-dir", str(out_dir)],
-        check=True,
-        capture_output=True,
-    )
-    return out_dir
+def generate(scale: float, out_dir: Path) -> dict[str, pa.Table]:
+    """The 8 tables at ``scale`` (tpchgen-cli, deterministic)."""
+    return tpch.generate(scale, out_dir)
 
 
-def load(out_dir: Path) -> dict[str, pa.Table]:
+def load(raw: dict[str, pa.Table]) -> dict[str, pa.Table]:
+    """The tables cast to the catalog's column types."""
     tables = {}
     for name, cols in schema_sql().items():
-        t = pq.read_table(out_dir / f"{name}.parquet")
+        t = raw[name]
         arrays = [t.column(c.name).cast(c.arrow_type) for c in cols]
         tables[name] = pa.Table.from_arrays(arrays, schema=pa.schema([c.arrow_field for c in cols]))
         tables[name] = tables[name].combine_chunks()
     return tables
-
-
-def query_text(n: int) -> str:
-    return (TPCH_DIR / "queries" / f"q{n:02d}.sql").read_text()
