@@ -327,6 +327,11 @@ def test_date_predicates_push_down_and_bad_ones_fail_fast(client: Client) -> Non
     got = client.columnar_scan("events", ["id"], pred, ts)
     assert client.columnar.fallbacks == before  # answered by the node
     assert sorted(got.column("id").to_pylist()) == list(range(11, 31))
+    # Plain numbers against a DECIMAL column work too (an int64 literal has
+    # no common decimal precision with DECIMAL(10,2) in Arrow).
+    got = client.columnar_scan("events", ["id"], [("price", ">=", 14), ("price", "<", 14.5)], ts)
+    assert client.columnar.fallbacks == before
+    assert sorted(got.column("id").to_pylist()) == [56, 57]
     # A predicate that does not fit its column: a typed error at once, not a
     # wait for the node and a fallback.
     t0 = time.monotonic()

@@ -98,12 +98,27 @@ def _compare(col: str, op: str, value: Any) -> pc.Expression:
     raise InvalidArgumentError(f"unknown predicate operator {op!r}")
 
 
-def predicate_expression(predicates: Sequence[Predicate]) -> pc.Expression | None:
+def _fit(value: Any, t: pa.DataType | None) -> Any:
+    """A number compared with a DECIMAL column, as a Decimal: Arrow casts an
+    int64 to decimal128(19, 0) and may find no common precision with the
+    column's type; an exact Decimal of the value always has one."""
+    if t is None or not pa.types.is_decimal(t) or isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return decimal.Decimal(repr(value)) if isinstance(value, float) else decimal.Decimal(value)
+    return value
+
+
+def predicate_expression(
+    predicates: Sequence[Predicate], schema: pa.Schema | None = None
+) -> pc.Expression | None:
     """The ANDed predicates as one ``pyarrow.compute`` expression (used by the
-    columnar node and by the row-store fallback alike)."""
+    columnar node and by the row-store fallback alike). With the table's
+    ``schema``, numbers compared with DECIMAL columns are made exact decimals."""
     expr: pc.Expression | None = None
     for col, op, value in predicates:
-        e = _compare(col, op, value)
+        t = schema.field(col).type if schema is not None and col in schema.names else None
+        e = _compare(col, op, _fit(value, t))
         expr = e if expr is None else expr & e
     return expr
 
@@ -303,7 +318,7 @@ def row_store_scan(
         t = scan_rows(txn, info)
     finally:
         txn.rollback()
-    expr = predicate_expression(predicate)
+    expr = predicate_expression(predicate, t.schema)
     if expr is not None:
         t = t.filter(expr)
     if aggregates:

@@ -256,7 +256,7 @@ class ColumnarService:
                 info,
                 req.ts,
                 columns,
-                predicate_expression(preds),
+                predicate_expression(preds, info.arrow_schema()),
                 list(req.bypass_locks),
                 predicate_columns=[p[0] for p in preds],
             )
