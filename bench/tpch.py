@@ -118,14 +118,14 @@ def load_tables(
                 progress.update(task, advance=n)
         return n
 
-    jobs = []
+    jobs: list[tuple[str, pa.Table]] = []
     for name in sorted(tables, key=lambda n: -tables[n].num_rows):
         t = tables[name]
         step = batch * 4
         jobs.extend((name, t.slice(i, step)) for i in range(0, t.num_rows, step))
     t0 = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
-        done = sum(pool.map(lambda j: one(*j), jobs))
+        done = sum(pool.map(lambda job: one(job[0], job[1]), jobs))
     return done, time.perf_counter() - t0
 
 

@@ -82,6 +82,7 @@ __all__ = ["Result", "Session"]
 ENGINES = ("auto", "row", "columnar")
 AUTOCOMMIT_RETRIES = 10
 PARSE_CACHE_SIZE = 512
+PLAN_CACHE_SIZE = 256
 _AS_OF = re.compile(r"\bAS\s+OF\s+TIMESTAMP\s+('(?:[^']|'')*'|\d+)", re.IGNORECASE)
 _HINT = re.compile(r"READ_FROM_STORAGE\s*\(([^)]*)\)", re.IGNORECASE)
 _HINT_ITEM = re.compile(r"(COLUMNAR|TIFLASH|ROW|TIKV)\s*\[([^\]]*)\]", re.IGNORECASE)
@@ -100,7 +101,8 @@ class Result:
 
 @dataclass
 class _Parsed:
-    statement: exp.Expression
+    statement: exp.Expr
+    text: str
     as_of: int | None
     hints: dict[str, str]  # table or alias -> "row" | "columnar"
 
@@ -135,6 +137,8 @@ class Session:
         self._explicit = False
         self._written: dict[int, TableInfo] = {}
         self._cache: OrderedDict[str, list[_Parsed]] = OrderedDict()
+        self._plans: OrderedDict[tuple[Any, ...], QueryPlan] = OrderedDict()
+        self._plan_key: tuple[Any, ...] | None = None
         self._cache_lock = threading.Lock()
 
     # ------------------------------------------------------------------ parse
@@ -178,7 +182,7 @@ class Session:
             raise ParseError(str(e)) from None
         if statement is None:
             raise ParseError("empty statement")
-        return _Parsed(statement, as_of, hints)
+        return _Parsed(statement, text, as_of, hints)
 
     # ------------------------------------------------------------------ entry
     def execute(self, text: str, params: Sequence[Any] = ()) -> Result:
@@ -196,6 +200,7 @@ class Session:
 
     def run(self, p: _Parsed, params: Sequence[Any] = ()) -> Result:
         try:
+            self._plan_key = (p.text, tuple(params)) if all(_hashable(v) for v in params) else None
             stmt = bind_params(p.statement, params)
             return self._dispatch(stmt, p)
         except Error:
@@ -205,7 +210,7 @@ class Session:
         except sqlglot.errors.SqlglotError as e:
             raise ProgrammingError(str(e)) from e
 
-    def _dispatch(self, stmt: exp.Expression, p: _Parsed) -> Result:
+    def _dispatch(self, stmt: exp.Expr, p: _Parsed) -> Result:
         if isinstance(stmt, exp.Transaction):
             self._end(commit=True)
             self._explicit = True
@@ -380,7 +385,7 @@ class Session:
         return Result(pa.table(rows), len(info.columns))
 
     # ------------------------------------------------------------------ DDL
-    def _ddl(self, stmt: exp.Expression) -> Result:
+    def _ddl(self, stmt: exp.Expr) -> Result:
         kind = str(stmt.args.get("kind") or "").upper()
         if isinstance(stmt, exp.Create) and kind == "TABLE":
             created = self.catalog.create_table(table_definition(stmt))
@@ -415,7 +420,7 @@ class Session:
         raise NotSupportedError(f"DDL not supported: {stmt.sql('mysql')[:80]}")
 
     # ------------------------------------------------------------------ queries
-    def _tables(self, stmt: exp.Expression, txn: Transaction) -> dict[str, TableInfo]:
+    def _tables(self, stmt: exp.Expr, txn: Transaction) -> dict[str, TableInfo]:
         ctes = {c.alias_or_name.lower() for c in stmt.find_all(exp.CTE)}
         out: dict[str, TableInfo] = {}
         for t in stmt.find_all(exp.Table):
@@ -425,15 +430,30 @@ class Session:
             out[name] = self.catalog.table(txn, name)
         return out
 
-    def _plan(self, stmt: exp.Expression, tables: Mapping[str, TableInfo]) -> QueryPlan:
+    def _plan(
+        self, stmt: exp.Expr, tables: Mapping[str, TableInfo], cached: bool = False
+    ) -> QueryPlan:
+        """Plan a query; with ``cached``, reuse the plan of the same statement
+        text and parameters over the same schema versions (planning costs
+        15-100 ms, more than many queries take to run)."""
+        key = None
+        if cached and self._plan_key is not None:
+            versions = tuple(sorted((t.id, t.version) for t in tables.values()))
+            key = (*self._plan_key, versions)
+            with self._cache_lock:
+                hit = self._plans.get(key)
+                if hit is not None:
+                    self._plans.move_to_end(key)
+                    return hit
         schema = {n: {c.name: c.type for c in t.columns} for n, t in tables.items()}
-        try:
-            return plan_query(stmt, schema)
-        except sqlglot.errors.OptimizeError as e:
-            msg = str(e)
-            if "column" in msg.lower():
-                raise UnknownColumnError(msg) from None
-            raise ProgrammingError(msg) from None
+        pks = {n: list(t.primary_key) for n, t in tables.items()}
+        plan = plan_query(stmt, schema, pks)
+        if key is not None:
+            with self._cache_lock:
+                self._plans[key] = plan
+                while len(self._plans) > PLAN_CACHE_SIZE:
+                    self._plans.popitem(last=False)
+        return plan
 
     def _query(
         self,
@@ -450,13 +470,13 @@ class Session:
         fast = self._point_select(stmt, tables, txn, lock)
         if fast is not None:
             return Result(fast, fast.num_rows)
-        plan = self._plan(stmt, tables)
+        plan = self._plan(stmt, tables, cached=True)
         warnings: list[str] = []
         router = _Router(self, txn, tables, p.hints, warnings, lock)
         table = execute(plan, router.scan)
         return Result(table, table.num_rows, warnings)
 
-    def _explain(self, stmt: exp.Expression, p: _Parsed, txn: Transaction) -> Result:
+    def _explain(self, stmt: exp.Expr, p: _Parsed, txn: Transaction) -> Result:
         if not isinstance(stmt, exp.Query):
             raise NotSupportedError("EXPLAIN explains queries")
         tables = self._tables(stmt, txn)
@@ -905,7 +925,7 @@ def _index_lookup(info: TableInfo, idx: IndexInfo, values: list[Any]) -> tuple[s
 
 
 def _key_lookup(
-    info: TableInfo, where: exp.Expression | None, txn: Transaction
+    info: TableInfo, where: exp.Expr | None, txn: Transaction
 ) -> tuple[list[bytes], list[bytes]] | None:
     """``(row keys looked at, row values found)`` of the rows a WHERE of
     ANDed ``col = literal`` (or ``pk IN (...)``) selects exactly through a
@@ -961,14 +981,12 @@ def _key_lookup(
     return access[1](txn)
 
 
-def _row_value(
-    e: exp.Expression, row: Mapping[str, Any], inserted: Mapping[str, Any] | None
-) -> Any:
+def _row_value(e: exp.Expr, row: Mapping[str, Any], inserted: Mapping[str, Any] | None) -> Any:
     """Value of a SET / ON DUPLICATE KEY UPDATE expression for one row:
     column references read ``row``, ``VALUES(c)`` reads the row that failed to
     insert; the rest is constant folding."""
 
-    def sub(node: exp.Expression) -> exp.Expression:
+    def sub(node: exp.Expr) -> exp.Expr:
         if (
             isinstance(node, exp.Anonymous)
             and node.name.upper() == "VALUES"
@@ -984,8 +1002,16 @@ def _row_value(
     return literal(e.copy().transform(sub))
 
 
-def _lit(v: Any) -> exp.Expression:
+def _lit(v: Any) -> exp.Expr:
     return to_sql_literal(v)
+
+
+def _hashable(v: Any) -> bool:
+    try:
+        hash(v)
+    except TypeError:
+        return False
+    return True
 
 
 def _split(text: str) -> list[str]:

@@ -29,7 +29,7 @@ _T = exp.DataType.Type
 _TIMESTAMP_TYPES = (_T.TIMESTAMP, _T.DATETIME, _T.TIMESTAMPTZ)
 
 
-def to_sql_literal(v: Any) -> exp.Expression:
+def to_sql_literal(v: Any) -> exp.Expr:
     """A sqlglot expression for the Python value ``v`` (a bound parameter)."""
     if v is None:
         return exp.Null()
@@ -50,7 +50,7 @@ def to_sql_literal(v: Any) -> exp.Expression:
     raise DataError(f"cannot bind a parameter of type {type(v).__name__}")
 
 
-def bind_params(statement: exp.Expression, params: Sequence[Any]) -> exp.Expression:
+def bind_params(statement: exp.Expr, params: Sequence[Any]) -> exp.Expr:
     """A copy of ``statement`` with each ``?`` replaced by the next parameter."""
     holes = [p for p in statement.find_all(exp.Placeholder) if not p.this]
     if len(holes) != len(params):
@@ -67,7 +67,7 @@ def bind_params(statement: exp.Expression, params: Sequence[Any]) -> exp.Express
     return out
 
 
-def _position(node: exp.Expression) -> tuple[int, ...]:
+def _position(node: exp.Expr) -> tuple[int, ...]:
     """The node's path from the root as child indexes: text order."""
     path: list[int] = []
     while node.parent is not None:
@@ -78,7 +78,7 @@ def _position(node: exp.Expression) -> tuple[int, ...]:
     return tuple(reversed(path))
 
 
-def literal(e: exp.Expression) -> Any:
+def literal(e: exp.Expr) -> Any:
     """Python value of a constant expression (numbers, strings, NULL,
     TRUE/FALSE, negation, +-*/ of numbers, CAST to DATE/TIMESTAMP/numbers)."""
     if isinstance(e, exp.Paren):

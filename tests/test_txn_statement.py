@@ -15,22 +15,20 @@ def test_a_failed_statement_leaves_the_buffer_as_it_was(tmp_path: Path) -> None:
     with kvstore.open(str(tmp_path / "db")) as client:
         txn = client.begin()
         txn.put(b"a", b"1")
-        with pytest.raises(RuntimeError):
-            with txn.statement():
-                txn.put(b"a", b"2")
-                txn.delete(b"b")
-                txn.insert(b"c", b"3")
-                txn.lock_keys(b"d")
-                raise RuntimeError("statement fails")
+        with pytest.raises(RuntimeError), txn.statement():
+            txn.put(b"a", b"2")
+            txn.delete(b"b")
+            txn.insert(b"c", b"3")
+            txn.lock_keys(b"d")
+            raise RuntimeError("statement fails")
         assert txn.written_keys == 1 and txn.get(b"a") == b"1"
         with txn.statement():
             txn.put(b"e", b"5")
         txn.commit()
         check = client.begin()
         assert check.get(b"a") == b"1" and check.get(b"e") == b"5" and check.get(b"c") is None
-        with pytest.raises(InvalidArgumentError):
-            with check.statement(), check.statement():
-                pass
+        with pytest.raises(InvalidArgumentError), check.statement(), check.statement():
+            pass
 
 
 def test_a_failing_commit_check_rolls_back_after_prewrite(tmp_path: Path) -> None:
