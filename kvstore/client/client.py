@@ -113,13 +113,15 @@ class Client:
         group_by: Sequence[str] = (),
         aggregates: Sequence[tuple[str, str]] = (),
         max_wait: float = 5.0,
+        on_fallback: Callable[[str], None] | None = None,
     ) -> pa.Table:
         """Rows of ``table`` as of ``ts`` (default: now) as a ``pyarrow.Table``,
         read from the columnar replica when the cluster has one (filter,
         projection and aggregation run there), else from the row store: the
         same answer either way (see :mod:`kvstore.client.columnar`).
         ``predicate``: ``(column, op, value)`` tuples, ANDed; ``aggregates``:
-        ``(function, column)`` with ``sum count min max``, per ``group_by``."""
+        ``(function, column)`` with ``sum count min max``, per ``group_by``.
+        ``on_fallback(why)`` is called if the row store had to answer."""
         self._check_open()
         from kvstore.client.columnar import row_store_scan
 
@@ -132,6 +134,7 @@ class Client:
                 group_by=group_by,
                 aggregates=aggregates,
                 max_wait=max_wait,
+                on_fallback=on_fallback,
             )
         return row_store_scan(self, table, columns, predicate, ts, group_by, aggregates)
 

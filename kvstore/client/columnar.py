@@ -29,7 +29,7 @@ import decimal
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -224,6 +224,7 @@ class ColumnarReader:
         group_by: Sequence[str] = (),
         aggregates: Sequence[Aggregate] = (),
         max_wait: float = DEFAULT_MAX_WAIT_S,
+        on_fallback: Callable[[str], None] | None = None,
     ) -> pa.Table:
         check_predicates(predicate)
         check_aggregates(aggregates)
@@ -279,6 +280,8 @@ class ColumnarReader:
             return result
         self.fallbacks += 1
         log.warning("columnar scan of %s at %d fell back to the row store: %s", table, ts, why)
+        if on_fallback is not None:
+            on_fallback(why)
         return row_store_scan(self.client, table, columns, predicate, ts, group_by, aggregates)
 
     @staticmethod
