@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import sys
 from importlib.metadata import entry_points
-from typing import Any
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,21 +39,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return code
-
-
-def register_demo(sub: Any) -> None:
-    p = sub.add_parser("demo", help="run the guided demo on a temporary local cluster")
-    p.add_argument("--data-dir", help="keep the data here instead of a temporary folder")
-    p.add_argument(
-        "--embedded", action="store_true", help="use the single-process embedded store instead"
-    )
-
-    def run(args: argparse.Namespace) -> int:
-        from kvstore.demo import run_demo
-
-        return run_demo(args.data_dir, embedded=args.embedded)
-
-    p.set_defaults(func=run)
 
 
 if __name__ == "__main__":

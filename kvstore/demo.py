@@ -5,9 +5,10 @@ Starts PD, three store processes and a columnar node
 where; raw KV; a transfer transaction; a write conflict and its retry by
 re-running the function; a client that crashes in the middle of two-phase
 commit, leaving locks that the next reader resolves; Regions splitting under
-load; an analytic query answered by the columnar replica; a store killed with
-SIGKILL while clients keep transferring money (the total never changes); and
-stops every process. ``htapkv demo --embedded`` runs the transactional part
+load; an analytic query answered by the columnar replica; sections that the
+layers above add (the SQL layer shows statements and where each one ran); a
+store killed with SIGKILL while clients keep transferring money (the total
+never changes); and stops every process. ``htapkv demo --embedded`` runs the transactional part
 on the single-process embedded store instead.
 """
 
@@ -18,6 +19,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -35,14 +37,21 @@ def _balances(c: Client) -> dict[str, int]:
         return {k.decode(): int(v) for k, v in t.scan(b"acct/", b"acct0")}
 
 
-def run_demo(data_dir: str | None = None, *, embedded: bool = False) -> int:
+# A demo section contributed by a layer above kvstore (the SQL layer adds
+# one): called with the console, the running cluster and a connected client.
+Section = Callable[[Console, "kvstore.LocalCluster", Client], None]
+
+
+def run_demo(
+    data_dir: str | None = None, *, embedded: bool = False, sections: Sequence[Section] = ()
+) -> int:
     console = Console()
     tmp = data_dir or tempfile.mkdtemp(prefix="htapkv-demo-")
     try:
         if embedded:
             _run_embedded(console, tmp)
         else:
-            _run_cluster(console, tmp)
+            _run_cluster(console, tmp, sections)
     finally:
         if data_dir is None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -64,7 +73,7 @@ def _run_embedded(console: Console, tmp: str) -> None:
     console.rule("[bold green]demo finished; store closed, temporary data removed")
 
 
-def _run_cluster(console: Console, tmp: str) -> None:
+def _run_cluster(console: Console, tmp: str, sections: Sequence[Section]) -> None:
     console.rule("[bold]htapkv demo: a local cluster (PD + 3 stores, real processes)")
     cluster = kvstore.LocalCluster(
         tmp, pd=1, stores=3, columnar=1, store_args=["--split-keys", str(SPLIT_KEYS)]
@@ -87,7 +96,9 @@ def _run_cluster(console: Console, tmp: str) -> None:
             _demo_crashed_client(console, c)
             _demo_splits(console, cluster, c)
             _demo_analytics(console, cluster, c)
-            _demo_store_kill(console, cluster, c)
+            for section in sections:
+                section(console, cluster, c)
+            _demo_store_kill(console, cluster, c, number=7 + len(sections))
     finally:
         with console.status("stopping every process..."):
             cluster.stop()
@@ -189,8 +200,10 @@ def _demo_analytics(console: Console, cluster: kvstore.LocalCluster, c: Client) 
     )
 
 
-def _demo_store_kill(console: Console, cluster: kvstore.LocalCluster, c: Client) -> None:
-    console.rule("7. SIGKILL a store while 4 clients keep transferring money")
+def _demo_store_kill(
+    console: Console, cluster: kvstore.LocalCluster, c: Client, number: int = 7
+) -> None:
+    console.rule(f"{number}. SIGKILL a store while 4 clients keep transferring money")
     stop = threading.Event()
     done: Counter[str] = Counter()
     names = ["alice", "bob", "carol", "dave"]

@@ -21,7 +21,9 @@ import time
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from sql.errors import Error
 from sql.session import Result, Session
@@ -62,12 +64,13 @@ def print_result(console: Console, result: Result, seconds: float) -> None:
         shown = t.slice(0, MAX_PRINTED_ROWS)
         table = Table(*[f.name for f in t.schema], show_lines=False)
         for row in shown.to_pylist():
-            table.add_row(*["NULL" if v is None else str(v) for v in row.values()])
+            # Text, not str: a value like "[columnar (scan)]" is data, not markup.
+            table.add_row(*[Text("NULL" if v is None else str(v)) for v in row.values()])
         console.print(table)
         more = f" (first {MAX_PRINTED_ROWS} shown)" if t.num_rows > MAX_PRINTED_ROWS else ""
         console.print(f"{t.num_rows} row(s){more} ({seconds * 1000:.1f} ms)")
     for w in result.warnings:
-        console.print(f"[yellow]warning:[/yellow] {w}")
+        console.print(f"[yellow]warning:[/yellow] {escape(w)}")
 
 
 def run_script(session: Session, text: str, console: Console) -> int:
@@ -75,7 +78,7 @@ def run_script(session: Session, text: str, console: Console) -> int:
         for _stmt, result, seconds in _timed(session, text):
             print_result(console, result, seconds)
     except Error as e:
-        console.print(f"[red]ERROR[/red] {type(e).__name__}: {e}")
+        console.print(f"[red]ERROR[/red] {type(e).__name__}: {escape(str(e))}")
         return 1
     return 0
 

@@ -37,6 +37,8 @@ def test_sql_script_prints_tables_and_timings(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "two" in out.stdout and "1 row(s)" in out.stdout and " ms)" in out.stdout
     assert "INSERT 2" in out.stdout
+    plan = htapkv("sql", "--data-dir", d, "-e", "EXPLAIN SELECT name FROM t WHERE id = 2;")
+    assert "[row (point get)]" in plan.stdout  # printed as data, not eaten as markup
 
 
 def test_sql_errors_are_one_line_without_a_traceback(tmp_path: Path) -> None:
