@@ -85,7 +85,7 @@ AUTOCOMMIT_RETRIES = 10
 PARSE_CACHE_SIZE = 512
 PLAN_CACHE_SIZE = 256
 # How long a columnar scan waits for a lagging replica before the row store answers.
-COLUMNAR_MAX_WAIT_S = 2.0
+COLUMNAR_MAX_WAIT_S = 5.0
 # Scans of one query run side by side (see _Router.prefetch); shared by sessions.
 _SCAN_POOL = ThreadPoolExecutor(8, thread_name_prefix="sql-scan")
 _AS_OF = re.compile(r"\bAS\s+OF\s+TIMESTAMP\s+('(?:[^']|'')*'|\d+)", re.IGNORECASE)
