@@ -459,7 +459,9 @@ def render_markdown(data: dict[str, Any], results: Sequence[QueryResult]) -> str
         f"# htapkv bench tpch (SF {data['parameters']['sf']:g})",
         "",
         f"Command: `{data['command']}`  ",
-        f"Machine: {m.get('cpu', '?')}, {m.get('cpus', '?')} CPUs; {data['htapkv_target']}",
+        f"Machine: {m.get('processor', '?')}, {m.get('usable_cpus', '?')} CPUs, "
+        f"Python {m.get('python_version', '?')}, load average at the end "
+        f"{(data.get('load_average_end') or ['?'])[0]}; {data['htapkv_target']}",
         "",
         f"Load: {load.get('rows', 0):,} rows in {load.get('seconds', 0):.1f} s = "
         f"**{load.get('rows_per_s', 0):,.0f} rows/s** (target {LOAD_TARGET:,}: "
