@@ -56,18 +56,41 @@ def partition_unavailable_reason() -> str | None:
     """Why partitions cannot run here, or None when they can."""
     if os.geteuid() != 0:
         return "partitions need root (iptables rules on the loopback interface)"
-    if shutil.which("iptables") is None:
-        return "partitions need the iptables command (Debian: apt-get install iptables)"
+    if _iptables() is None:
+        return "partitions need iptables-legacy (Debian: apt-get install iptables)"
     if not (CGROUP_ROOT / "cgroup.procs").exists():
         return f"partitions need a writable cgroup v2 hierarchy at {CGROUP_ROOT}"
     return None
 
 
+def _iptables() -> str | None:
+    return shutil.which("iptables-legacy")
+
+
+def socket_ports(pid: int) -> list[int]:
+    """Local TCP ports of the sockets process ``pid`` holds open (listening
+    and connected), from ``/proc``."""
+    inodes = set()
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in fd_dir.iterdir():
+        with contextlib.suppress(OSError):
+            link = os.readlink(fd)
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                if len(fields) > 9 and fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return sorted(ports - {0})
+
+
 class Partitioner:
-    """Isolates one process at a time with iptables: packets to its listening
-    ports are dropped on INPUT, and packets its sockets send (matched by a
-    cgroup v2 it is moved into) on OUTPUT. Rules live in a chain of our own,
-    so :meth:`heal` removes exactly them."""
+    """Isolates one process at a time with iptables (see the module
+    docstring). Rules live in a chain of our own, so :meth:`heal` removes
+    exactly them."""
 
     def __init__(self) -> None:
         why = partition_unavailable_reason()
@@ -82,7 +105,8 @@ class Partitioner:
 
     @staticmethod
     def _ipt(*args: str, check: bool = True) -> int:
-        r = subprocess.run(["iptables", "-w", *args], capture_output=True, text=True, check=False)
+        cmd = [_iptables() or "iptables-legacy", "-w", *args]
+        r = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if check and r.returncode != 0:
             raise NemesisUnavailableError(f"iptables {' '.join(args)}: {r.stderr.strip()}")
         return r.returncode
@@ -92,8 +116,9 @@ class Partitioner:
         (self.cgroup / "cgroup.procs").write_text(str(pid))
         rel = str(self.cgroup.relative_to(CGROUP_ROOT))
         self._ipt("-A", CHAIN, "-o", "lo", "-m", "cgroup", "--path", rel, "-j", "DROP")
-        for port in ports:
+        for port in sorted(set(ports) | set(socket_ports(pid))):
             self._ipt("-A", CHAIN, "-i", "lo", "-p", "tcp", "--dport", str(port), "-j", "DROP")
+            self._ipt("-A", CHAIN, "-o", "lo", "-p", "tcp", "--sport", str(port), "-j", "DROP")
 
     def heal(self) -> None:
         self._ipt("-F", CHAIN, check=False)
