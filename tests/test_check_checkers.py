@@ -407,3 +407,30 @@ def test_columnar_eq() -> None:
     assert not r.valid
     (a,) = r.anomalies
     assert a.details["missing"] == [(2, "b", 3.0)] and len(a.details["extra"]) == 2
+
+
+# ------------------------------------------------------------------ the command
+def test_check_command_parses_and_prints_a_verdict() -> None:
+    import argparse
+    import io
+
+    from rich.console import Console
+
+    from bench.check import cli
+    from bench.check.runner import RunOutcome
+
+    parser = argparse.ArgumentParser(prog="htapkv")
+    cli.register(parser.add_subparsers(dest="command"))
+    ns = parser.parse_args(["check", "--workload", "set", "--nemesis", "kill", "--time", "5"])
+    assert (ns.workload, ns.nemesis, ns.time, ns.clients) == ("set", "kill", 5.0, 3)
+    h = H()
+    h("add", 1)
+    h("read", None, result=[], start=5, end=6)
+    result = sets.check(h.ops)
+    meta = {"workload": "set", "nemesis": "none", "outcomes": {"ok": 2, "fail": 0, "info": 0}}
+    outcome = RunOutcome(result, h.ops, [], Path("/tmp/x"), 1, meta)
+    assert outcome.exit_code == 1
+    buf = io.StringIO()
+    cli.print_verdict(outcome, Console(file=buf, width=200))
+    text = buf.getvalue()
+    assert "INVALID" in text and "lost" in text and "#0 p0 add 1 -> ok" in text

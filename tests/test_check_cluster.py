@@ -55,3 +55,12 @@ def test_broken_client_is_caught(tmp_path: Path) -> None:
     assert {a.kind for a in r.anomalies} == {"lost"}
     assert r.stats["final"]["lost"] > 0
     assert outcome.exit_code == 1
+
+
+def test_append_under_every_available_fault(tmp_path: Path) -> None:
+    """``all``: kills, pauses and (where root and iptables-legacy allow)
+    partitions, one at a time; the history must still be valid."""
+    cfg = RunConfig("append", "all", time=8.0, seed=5, output=tmp_path, clients=2)
+    outcome = run(cfg)
+    assert outcome.result.valid is True, (outcome.result.anomalies[:5], tmp_path)
+    assert outcome.faults and not outcome.meta["nemesis_errors"]
