@@ -434,3 +434,13 @@ def test_check_command_parses_and_prints_a_verdict() -> None:
     cli.print_verdict(outcome, Console(file=buf, width=200))
     text = buf.getvalue()
     assert "INVALID" in text and "lost" in text and "#0 p0 add 1 -> ok" in text
+
+
+def test_append_acknowledged_append_missing_from_a_later_read() -> None:
+    h = H()
+    txn(h, [["append", "x", 1]], start=0)  # returns at 1
+    txn(h, [["r", "x", []]], start=0.5)  # concurrent: may miss it
+    txn(h, [["r", "x", []]], start=2)  # began after: must see it
+    r = append.check(h.ops)
+    assert kinds_of(r) == ["stale-or-lost"]
+    assert r.anomalies[0].ops == [2, 0]

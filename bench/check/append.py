@@ -25,7 +25,10 @@ that failed), ``G1b`` (it read a list ending in a value another transaction
 appended before its own last append to that key), ``duplicate-elements`` (a
 value twice in one list), ``unexpected-value`` (a value nobody appended),
 ``internal`` (a transaction's read does not show its own earlier appends,
-or differs from its own earlier read plus appends).
+or differs from its own earlier read plus appends), ``stale-or-lost`` (a
+read misses a value appended by an ``ok`` transaction that had returned
+before the reader began: the timestamp oracle orders that commit before the
+reader's snapshot, so it is lost or the read is stale).
 
 Operations: ``f="txn"``, ``value`` a list of micro-operations
 ``["append", k, v]`` / ``["r", k, None]``; an ``ok`` result is the same list
@@ -246,6 +249,35 @@ def check(ops: Sequence[Op]) -> CheckResult:
                             {"key": k},
                         )
                     )
+
+    # Real time: an ok append that returned before a reader began is in its read.
+    acked: dict[Hashable, list[tuple[float, Hashable, int]]] = defaultdict(list)
+    for t in txns:
+        if t.outcome == "ok":
+            for k, vs in appends[t.id].items():
+                acked[k].extend((t.end, v, t.id) for v in vs)
+    for entries in acked.values():
+        entries.sort(key=lambda x: x[0])
+    for k, reads in full.items():
+        for t, seen in reads:
+            have = set(seen)
+            missing = []
+            for end, v, wid in acked.get(k, []):
+                if end >= t.start:
+                    break
+                if v not in have:
+                    missing.append((v, wid))
+            if missing:
+                found["stale-or-lost"].append(
+                    Anomaly(
+                        "stale-or-lost",
+                        f"#{t.id} read {k!r} without {len(missing)} value(s) appended by "
+                        "transactions acknowledged before it began: "
+                        f"{[v for v, _ in missing][:10]}",
+                        [t.id, *sorted({wid for _, wid in missing})[:10]],
+                        {"key": k, "values": [v for v, _ in missing]},
+                    )
+                )
 
     # Version orders: the longest read of each key; every read its prefix.
     order: dict[Hashable, list[Hashable]] = {}
