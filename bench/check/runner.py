@@ -68,20 +68,23 @@ class _WorkerArgs:
     workload: str
     worker: int
     seed: int
-    deadline: float
     out: str
     inject: str | None
 
 
-def _worker(a: _WorkerArgs) -> None:
-    """A client process: its own connection, its own recorder file."""
+def _worker(a: _WorkerArgs, ready: Any, go: Any, deadline: Any) -> None:
+    """A client process: its own connection, its own recorder file. Starts
+    once every client has connected (process start-up takes seconds), so the
+    whole ``--time`` is workload; ``deadline`` is set by the parent then."""
     import kvstore
 
     rec = Recorder(a.out)
-    ctx = workloads.Ctx(a.worker, rec, random.Random(a.seed), a.deadline, a.inject)
     wl = workloads.make(a.workload)
     try:
         with kvstore.connect(a.pd, timeout=CLIENT_TIMEOUT_S) as client:
+            ready.release()
+            go.wait()
+            ctx = workloads.Ctx(a.worker, rec, random.Random(a.seed), deadline.value, a.inject)
             wl.client_loop(client, ctx)
     finally:
         rec.close()
@@ -126,9 +129,8 @@ def run(cfg: RunConfig, progress: Any = None) -> RunOutcome:
 
         with kvstore.connect(pd, timeout=30.0) as client:
             wl.setup(client)
-        t0 = time.monotonic()
-        deadline = t0 + cfg.time
         ctx = mp.get_context("spawn")
+        ready, go, shared_deadline = ctx.Semaphore(0), ctx.Event(), ctx.Value("d", 0.0)
         procs = []
         for i in range(cfg.clients):
             args = _WorkerArgs(
@@ -136,14 +138,27 @@ def run(cfg: RunConfig, progress: Any = None) -> RunOutcome:
                 cfg.workload,
                 i + 1,
                 rng.randrange(2**31),
-                deadline,
                 str(clients_dir / f"client{i + 1}.jsonl"),
                 cfg.inject,
             )
-            p = ctx.Process(target=_worker, args=(args,), name=f"check-client{i + 1}")
+            p = ctx.Process(
+                target=_worker,
+                args=(args, ready, go, shared_deadline),
+                name=f"check-client{i + 1}",
+            )
             p.start()
             procs.append(p)
         stack.callback(_stop_all, procs)
+        give_up, connected = time.monotonic() + cfg.startup_timeout, 0
+        while connected < len(procs):
+            if ready.acquire(timeout=0.5):
+                connected += 1
+            elif any(p.exitcode is not None for p in procs) or time.monotonic() > give_up:
+                raise RuntimeError("a client process exited or did not connect to the cluster")
+        t0 = time.monotonic()
+        deadline = t0 + cfg.time
+        shared_deadline.value = deadline
+        go.set()
         nemesis.start()
         while (now := time.monotonic()) < deadline and any(p.is_alive() for p in procs):
             if progress is not None:
