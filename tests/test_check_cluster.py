@@ -11,7 +11,7 @@ process it started (cluster and client processes) whatever happens. Checked:
   ``inject="lose-ack"`` hook acknowledges adds it never commits) is caught by
   the set checker as lost writes, so a valid verdict above means something.
 
-Runs are short (6 s of workload each) to keep this file near 3 minutes on 2
+Runs are short (5 s of workload each) to keep this file near 3 minutes on 2
 cores; ``htapkv check --time 60`` is the real thing.
 """
 
@@ -26,7 +26,7 @@ from bench.check.runner import RunConfig, run
 
 pytestmark = pytest.mark.slow
 
-RUN_S = 6.0
+RUN_S = 5.0
 
 
 @pytest.mark.parametrize("nemesis", ["none", "kill"])
@@ -60,7 +60,7 @@ def test_broken_client_is_caught(tmp_path: Path) -> None:
 def test_append_under_every_available_fault(tmp_path: Path) -> None:
     """``all``: kills, pauses and (where root and iptables-legacy allow)
     partitions, one at a time; the history must still be valid."""
-    cfg = RunConfig("append", "all", time=8.0, seed=5, output=tmp_path, clients=2)
+    cfg = RunConfig("append", "all", time=6.0, seed=5, output=tmp_path, clients=2)
     outcome = run(cfg)
     assert outcome.result.valid is True, (outcome.result.anomalies[:5], tmp_path)
     assert outcome.faults and not outcome.meta["nemesis_errors"]
