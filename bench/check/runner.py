@@ -1,0 +1,223 @@
+"""One check run: cluster, client processes, nemesis, final reads, verdict.
+
+1. Start a :class:`kvstore.LocalCluster` in a temporary directory (a
+   columnar node only for ``columnar-eq``), or use the cluster at ``--pd``
+   (then only ``--nemesis none``: we cannot kill processes we did not start).
+2. ``setup`` the workload, then start ``clients`` processes (multiprocessing,
+   spawn). Each records its operations into its own JSON-lines file with the
+   machine-wide monotonic clock.
+3. Meanwhile the nemesis breaks and repairs nodes in this process.
+4. At the deadline: wait for the clients (an operation still open when a
+   client is stopped is ``info``), heal everything, wait until the cluster
+   serves, run the final reads (retried until they succeed).
+5. Merge the histories, check, and write ``history.json``, ``result.json``
+   and ``timeline.png`` into the output directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing as mp
+import random
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.check import history as hist
+from bench.check import workloads
+from bench.check.history import CheckResult, Recorder
+from bench.check.nemesis import Fault, Nemesis, NemesisUnavailableError
+
+CLIENT_TIMEOUT_S = 4.0  # per client call, retries included: short, so faults give unknown outcomes
+FINAL_READ_TIMEOUT_S = 90.0
+
+
+@dataclass
+class RunConfig:
+    workload: str
+    nemesis: str = "none"
+    time: float = 60.0
+    seed: int | None = None
+    pd: str | None = None
+    output: Path = Path("check-results")
+    clients: int = 3
+    inject: str | None = None  # test-only: see bench.check.workloads
+    startup_timeout: float = 120.0
+
+
+@dataclass
+class RunOutcome:
+    result: CheckResult
+    ops: list[hist.Op]
+    faults: list[Fault]
+    output: Path
+    seed: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return {True: 0, False: 1, None: 2}[self.result.valid]
+
+
+@dataclass
+class _WorkerArgs:
+    pd: str
+    workload: str
+    worker: int
+    seed: int
+    out: str
+    inject: str | None
+
+
+def _worker(a: _WorkerArgs, ready: Any, go: Any, deadline: Any) -> None:
+    """A client process: its own connection, its own recorder file. Starts
+    once every client has connected (process start-up takes seconds), so the
+    whole ``--time`` is workload; ``deadline`` is set by the parent then."""
+    import kvstore
+
+    rec = Recorder(a.out)
+    wl = workloads.make(a.workload)
+    try:
+        with kvstore.connect(a.pd, timeout=CLIENT_TIMEOUT_S) as client:
+            ready.release()
+            go.wait()
+            ctx = workloads.Ctx(a.worker, rec, random.Random(a.seed), deadline.value, a.inject)
+            wl.client_loop(client, ctx)
+    finally:
+        rec.close()
+
+
+def run(cfg: RunConfig, progress: Any = None) -> RunOutcome:
+    """Run ``cfg`` and return the verdict. ``progress(elapsed, total, note)``
+    is called about once a second while the workload runs."""
+    seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(2**31)
+    rng = random.Random(seed)
+    wl = workloads.make(cfg.workload)
+    if cfg.pd is not None and cfg.nemesis != "none":
+        raise NemesisUnavailableError(
+            "--pd runs only with --nemesis none (faults need our own processes)"
+        )
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    clients_dir = out / "clients"
+    clients_dir.mkdir(exist_ok=True)
+    for old in clients_dir.glob("*.jsonl"):
+        old.unlink()
+    with contextlib.ExitStack() as stack:
+        cluster = None
+        if cfg.pd is None:
+            from kvstore.server.cluster import LocalCluster
+
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="htapkv-check-"))
+            cluster = LocalCluster(
+                Path(tmp) / "cluster",
+                pd=1,
+                stores=3,
+                columnar=1 if cfg.workload == "columnar-eq" else 0,
+                startup_timeout=cfg.startup_timeout,
+            )
+            stack.callback(cluster.stop)
+            cluster.start()
+            pd = cluster.pd_addr
+        else:
+            pd = cfg.pd
+        nemesis = Nemesis(cluster, cfg.nemesis, random.Random(rng.random()))
+        import kvstore
+
+        with kvstore.connect(pd, timeout=30.0) as client:
+            wl.setup(client)
+        ctx = mp.get_context("spawn")
+        ready, go, shared_deadline = ctx.Semaphore(0), ctx.Event(), ctx.Value("d", 0.0)
+        procs = []
+        for i in range(cfg.clients):
+            args = _WorkerArgs(
+                pd,
+                cfg.workload,
+                i + 1,
+                rng.randrange(2**31),
+                str(clients_dir / f"client{i + 1}.jsonl"),
+                cfg.inject,
+            )
+            p = ctx.Process(
+                target=_worker,
+                args=(args, ready, go, shared_deadline),
+                name=f"check-client{i + 1}",
+            )
+            p.start()
+            procs.append(p)
+        stack.callback(_stop_all, procs)
+        give_up, connected = time.monotonic() + cfg.startup_timeout, 0
+        while connected < len(procs):
+            if ready.acquire(timeout=0.5):
+                connected += 1
+            elif any(p.exitcode is not None for p in procs) or time.monotonic() > give_up:
+                raise RuntimeError("a client process exited or did not connect to the cluster")
+        t0 = time.monotonic()
+        deadline = t0 + cfg.time
+        shared_deadline.value = deadline
+        go.set()
+        nemesis.start()
+        while (now := time.monotonic()) < deadline and any(p.is_alive() for p in procs):
+            if progress is not None:
+                active = next((f for f in reversed(nemesis.faults) if f.end is None), None)
+                note = f"{active.kind} {active.target}" if active else ""
+                progress(now - t0, cfg.time, note)
+            time.sleep(min(1.0, max(0.0, deadline - now)))
+        nemesis.stop()
+        # Clients finish their operation in flight (bounded by the call timeout).
+        for p in procs:
+            p.join(timeout=CLIENT_TIMEOUT_S * 3 + 10)
+        _stop_all(procs)
+        client_failures = [p.name for p in procs if p.exitcode not in (0, None)]
+        if cluster is not None:
+            nemesis.heal()
+        final = Recorder(clients_dir / "final.jsonl")
+        fctx = workloads.Ctx(0, final, rng, 0.0)
+        with kvstore.connect(pd, timeout=30.0) as client:
+            give_up = time.monotonic() + FINAL_READ_TIMEOUT_S
+            while not wl.final(client, fctx) and time.monotonic() < give_up:
+                time.sleep(0.5)  # the cluster serves, but a Region may still be electing
+        final.close()
+    events = hist.merge(hist.read_jsonl(f) for f in sorted(clients_dir.glob("*.jsonl")))
+    ops = hist.pair(events)
+    result = wl.check(ops)
+    meta = {
+        "workload": cfg.workload,
+        "nemesis": cfg.nemesis,
+        "time": cfg.time,
+        "seed": seed,
+        "clients": cfg.clients,
+        "inject": cfg.inject,
+        "start": t0,
+        "faults": [asdict(f) for f in nemesis.faults],
+        "nemesis_errors": nemesis.errors,
+        "client_failures": client_failures,
+        "outcomes": {o: sum(1 for op in ops if op.outcome == o) for o in hist.OUTCOMES},
+    }
+    hist.save(out / "history.json", events, meta)
+    (out / "result.json").write_text(
+        json.dumps({"meta": meta, "result": result.to_json()}, indent=2, default=repr) + "\n"
+    )
+    outcome = RunOutcome(result, ops, nemesis.faults, out, seed, meta)
+    from bench.check.plot import timeline
+
+    timeline(out / "timeline.png", ops, nemesis.faults, result, t0, title=_title(cfg, seed))
+    return outcome
+
+
+def _title(cfg: RunConfig, seed: int) -> str:
+    return f"htapkv check {cfg.workload}, nemesis {cfg.nemesis}, {cfg.time:g} s, seed {seed}"
+
+
+def _stop_all(procs: list[Any]) -> None:
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(timeout=10)
+        if p.is_alive():
+            p.kill()
+            p.join()
