@@ -480,6 +480,9 @@ class Session:
         router = _Router(self, txn, tables, p.hints, warnings, lock)
         router.prefetch(plan.scans)
         table = execute(plan, router.scan)
+        names = _written_names(stmt)
+        if names is not None and len(names) == table.num_columns:
+            table = table.rename_columns(names)
         return Result(table, table.num_rows, warnings)
 
     def _explain(self, stmt: exp.Expr, p: _Parsed, txn: Transaction) -> Result:
@@ -1031,6 +1034,23 @@ def _row_value(e: exp.Expr, row: Mapping[str, Any], inserted: Mapping[str, Any] 
 
 def _lit(v: Any) -> exp.Expr:
     return to_sql_literal(v)
+
+
+def _written_names(stmt: exp.Expr) -> list[str] | None:
+    """Result column names as MySQL gives them: the alias, the column name,
+    or else the expression as written (``sum(balance)``, not the optimizer's
+    ``_col_1``). None for ``*`` (the planner's names are right there)."""
+    if not isinstance(stmt, exp.Select):
+        return None
+    names = []
+    for e in stmt.expressions:
+        if isinstance(e, exp.Star) or (isinstance(e, exp.Column) and isinstance(e.this, exp.Star)):
+            return None
+        if isinstance(e, (exp.Alias, exp.Column)):
+            names.append(e.alias_or_name)
+        else:
+            names.append(e.sql("mysql"))
+    return names
 
 
 def _hashable(v: Any) -> bool:

@@ -100,6 +100,16 @@ def test_cursor_fetch_and_description(db: sql.Connection) -> None:
         cur.execute("SELECT 1")
 
 
+def test_result_columns_are_named_as_written(db: sql.Connection) -> None:
+    make_accounts(db)
+    cur = db.cursor().execute(
+        "SELECT owner AS who, sum(balance), count(*) FROM acct GROUP BY owner"
+    )
+    assert [d[0] for d in cur.description] == ["who", "SUM(balance)", "COUNT(*)"]
+    cur = db.cursor().execute("SELECT * FROM acct WHERE balance > 50")
+    assert [d[0] for d in cur.description] == ["id", "owner", "balance", "opened"]
+
+
 def test_executemany_and_rowcount(db: sql.Connection) -> None:
     make_accounts(db)
     cur = db.cursor()
