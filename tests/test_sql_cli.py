@@ -10,6 +10,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+import pytest
+
+# Minutes, not seconds (a whole TPC-H load / fresh interpreters): the slow tier.
+pytestmark = pytest.mark.slow
 
 
 def htapkv(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

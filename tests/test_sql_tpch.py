@@ -12,6 +12,9 @@ import pytest
 import sql
 from bench import tpch
 
+# Minutes, not seconds (a whole TPC-H load / fresh interpreters): the slow tier.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def tpch_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[sql.Connection, Any]]:
