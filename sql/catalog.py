@@ -209,6 +209,37 @@ class Catalog:
         self._ids[name] = info.id
         return info
 
+    def tables(self, txn: Transaction, names: Iterable[str]) -> dict[str, TableInfo]:
+        """Several schemas in at most two round trips (one batch_get of the
+        cached ids' schemas, one of the names not cached yet), instead of one
+        or two per table."""
+        names = list(dict.fromkeys(names))
+        out: dict[str, TableInfo] = {}
+        cached = {n: self._ids[n] for n in names if n in self._ids}
+        if cached:
+            got = txn.batch_get([table_meta_key(t) for t in cached.values()])
+            for n, tid in cached.items():
+                raw = got.get(table_meta_key(tid))
+                info = TableInfo.from_json(raw) if raw is not None else None
+                if info is not None and info.name == n:
+                    out[n] = info
+                else:
+                    self._ids.pop(n, None)  # dropped or renamed: look it up again
+        missing = [n for n in names if n not in out]
+        if missing:
+            ids = txn.batch_get([table_name_key(n) for n in missing])
+            for n in missing:
+                if table_name_key(n) not in ids:
+                    raise UnknownTableError(f"unknown table {n!r}")
+            metas = txn.batch_get([table_meta_key(int(ids[table_name_key(n)])) for n in missing])
+            for n in missing:
+                raw = metas.get(table_meta_key(int(ids[table_name_key(n)])))
+                if raw is None:
+                    raise UnknownTableError(f"unknown table {n!r}")
+                out[n] = TableInfo.from_json(raw)
+                self._ids[n] = out[n].id
+        return out
+
     def table_names(self, txn: Transaction) -> list[str]:
         end = META_NAME_PREFIX[:-1] + bytes((META_NAME_PREFIX[-1] + 1,))
         return [k[len(META_NAME_PREFIX) :].decode() for k, _ in txn.scan(META_NAME_PREFIX, end)]

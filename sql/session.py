@@ -427,13 +427,8 @@ class Session:
     # ------------------------------------------------------------------ queries
     def _tables(self, stmt: exp.Expr, txn: Transaction) -> dict[str, TableInfo]:
         ctes = {c.alias_or_name.lower() for c in stmt.find_all(exp.CTE)}
-        out: dict[str, TableInfo] = {}
-        for t in stmt.find_all(exp.Table):
-            name = t.name
-            if not name or name.lower() in ctes or name in out:
-                continue
-            out[name] = self.catalog.table(txn, name)
-        return out
+        names = [t.name for t in stmt.find_all(exp.Table) if t.name and t.name.lower() not in ctes]
+        return self.catalog.tables(txn, names)
 
     def _plan(
         self, stmt: exp.Expr, tables: Mapping[str, TableInfo], cached: bool = False
