@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
 import time
@@ -148,6 +149,9 @@ def register_sql(sub: Any) -> None:
     g.add_argument("-f", "--file", help="run the statements of this file and exit")
 
     def run(args: argparse.Namespace) -> int:
+        # sqlglot logs "falling back to parsing as a Command" for statements
+        # it cannot parse; the shell reports those itself, as errors.
+        logging.getLogger("sqlglot").setLevel(logging.ERROR)
         session = _connect(args)
         console = Console()
         try:
