@@ -49,3 +49,45 @@ def test_a_failing_commit_check_rolls_back_after_prewrite(tmp_path: Path) -> Non
         after = client.begin()
         assert after.get(b"k") is None
         assert client.backend.kv_scan_lock(client.tso(), b"", None, 10) == []
+
+
+def test_a_prewrite_with_unknown_outcome_is_a_definite_abort(tmp_path: Path) -> None:
+    """Before the primary's commit nothing is decided: a prewrite whose answer
+    was lost aborts the transaction (retryable), and what it wrote is rolled
+    back, never committed."""
+    from kvstore.errors import TxnAbortedError, UndeterminedError
+
+    with kvstore.open(str(tmp_path / "db")) as client:
+        backend = client.backend
+        real = backend.kv_prewrite
+        calls: list[int] = []
+
+        def lost_answer(*args: object, **kw: object) -> object:
+            real(*args, **kw)  # applied on the store, but the answer is lost
+            calls.append(1)
+            raise UndeterminedError("kv_prewrite: outcome unknown")
+
+        backend.kv_prewrite = lost_answer  # type: ignore[method-assign]
+        txn = client.begin()
+        txn.put(b"p", b"1")
+        txn.put(b"q", b"2")
+        with pytest.raises(TxnAbortedError):
+            txn.commit()
+        backend.kv_prewrite = real  # type: ignore[method-assign]
+        assert calls
+        after = client.begin()
+        assert after.get(b"p") is None and after.get(b"q") is None
+        assert client.backend.kv_scan_lock(client.tso(), b"", None, 10) == []
+        # client.transaction runs the function again after such an abort.
+        attempts: list[int] = []
+
+        def body(t: kvstore.Transaction) -> None:
+            attempts.append(1)
+            t.put(b"r", b"3")
+            if len(attempts) == 1:
+                backend.kv_prewrite = lost_answer  # type: ignore[method-assign]
+            else:
+                backend.kv_prewrite = real  # type: ignore[method-assign]
+
+        client.transaction(body)
+        assert len(attempts) == 2 and client.begin().get(b"r") == b"3"

@@ -222,6 +222,16 @@ class Transaction:
                 self._prewrite(mutations, primary, ttl)
                 for check in self._commit_checks:
                     check()
+            except UndeterminedError as e:
+                # Before the primary's commit nothing is decided: whatever
+                # the lost prewrite left is rolled back (here, or by the
+                # first reader once the TTL runs out). So this is a definite
+                # abort, and the caller may run the transaction again.
+                self._state = _ROLLED_BACK
+                self._cleanup(keys)
+                raise TxnAbortedError(
+                    f"transaction {self.start_ts} aborted: prewrite did not finish ({e})"
+                ) from e
             except BaseException:
                 self._state = _ROLLED_BACK
                 self._cleanup(keys)
