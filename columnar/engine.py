@@ -37,7 +37,7 @@ from columnar.segment import (
     sort_versions,
     visible_indices,
 )
-from kvstore.codec import TXN_KEYSPACE, decode_bytes, split_ts
+from kvstore.codec import TXN_KEYSPACE, decode_bytes, encode_bytes, split_ts
 from kvstore.errors import (
     GcTooEarlyError,
     InvalidArgumentError,
@@ -59,6 +59,7 @@ from kvstore.tablecodec import (
     decode_row_key,
     decode_table_meta_key,
     row_prefix,
+    table_meta_key,
 )
 from kvstore.types import Lock, LockInfo, LockType, Write, WriteType
 
@@ -175,6 +176,9 @@ class ColumnarStore:
         self._compact_mu = threading.Lock()
         self._applied: dict[int, int] = {}
         self._locks: dict[int, dict[bytes, Lock]] = {}  # table id -> encoded key -> lock
+        # Locks on schema keys (a DDL not committed yet, or whose secondary
+        # commit is still on its way): table id -> lock.
+        self._schema_locks: dict[int, Lock] = {}
         self._values: dict[tuple[bytes, int], bytes] = {}  # (encoded key, start_ts) -> value
         self._tables: dict[int, TableData] = {}
         self._schemas: dict[int, tuple[int, TableInfo]] = {}  # id -> (commit_ts, info)
@@ -213,7 +217,13 @@ class ColumnarStore:
             return
         if cf == CF_LOCK:
             k = _classify(key)
-            if k is None or k.handle is None:
+            if k is None:
+                return
+            if k.handle is None:  # a schema key
+                if kind == OP_PUT and value is not None:
+                    self._schema_locks[k.table_id] = Lock.from_bytes(value)
+                else:
+                    self._schema_locks.pop(k.table_id, None)
                 return
             locks = self._locks.setdefault(k.table_id, {})
             if kind == OP_PUT and value is not None:
@@ -278,6 +288,10 @@ class ColumnarStore:
             for locks in self._locks.values():
                 for k in [k for k in locks if start <= k < end]:
                     del locks[k]
+            for tid in list(self._schema_locks):
+                enc = encode_bytes(TXN_KEYSPACE + table_meta_key(tid))
+                if start <= enc < end:
+                    del self._schema_locks[tid]
         elif cf == CF_DEFAULT:
             for vk in [vk for vk in self._values if start <= vk[0] < end]:
                 del self._values[vk]
@@ -308,10 +322,24 @@ class ColumnarStore:
             return self._safe_point
 
     # ------------------------------------------------------------ schemas
-    def table_info(self, table: int | str) -> TableInfo:
-        """The newest schema of ``table`` (id or name) the log has applied."""
+    def table_info(
+        self, table: int | str, ts: int | None = None, bypass_locks: Collection[int] = ()
+    ) -> TableInfo:
+        """The newest schema of ``table`` (id or name) the log has applied.
+        Given a read's ``ts``: a table this replica does not know yet while a
+        schema key is locked at or below ``ts`` raises :class:`KeyIsLockedError`
+        for that lock, not :class:`TableNotFoundError`: the DDL may be
+        committed with its schema key's commit still on the way (secondaries
+        commit in the background), and the reader resolves it as for a row."""
         with self._mu:
-            return self._schema_of(table)
+            try:
+                return self._schema_of(table)
+            except TableNotFoundError:
+                if ts is not None:
+                    for tid, lock in sorted(self._schema_locks.items()):
+                        if _blocks(lock, ts, bypass_locks):
+                            raise KeyIsLockedError(_lock_info(table_meta_key(tid), lock)) from None
+                raise
 
     def tables(self) -> list[TableInfo]:
         with self._mu:

@@ -256,3 +256,30 @@ def test_locks_block_until_resolved_and_snapshot_reinstall() -> None:
         assert col.read("w", ts).to_pylist() == got.to_pylist()
         col.compact()
         assert col.read("w", ts).to_pylist() == got.to_pylist()
+
+
+def test_a_table_whose_schema_key_is_still_locked_is_a_lock_not_a_missing_table() -> None:
+    """A DDL commits its primary first; the schema key (a secondary) commits
+    in the background. A learner read meanwhile must report the lock (the
+    reader resolves it) rather than 'no such table'."""
+    from kvstore.tablecodec import META_TABLE_ID_COUNTER, table_meta_key, table_name_key
+
+    col = ColumnarStore()
+    client, _ = open_teed(col, lock_ttl_ms=10)
+    with client:
+        info = make_table(1, "late", [("id", "BIGINT")], "id")
+        txn = client.begin()
+        txn.put(META_TABLE_ID_COUNTER, b"1")  # the primary (smallest key)
+        txn.put(table_name_key("late"), b"1")
+        txn.put(table_meta_key(1), info.to_json())
+        txn._commit(stop_after="primary")
+        ts = client.tso()
+        with pytest.raises(KeyIsLockedError) as e:
+            col.table_info("late", ts)
+        assert e.value.lock.lock_ts == txn.start_ts
+        with pytest.raises(TableNotFoundError):
+            col.table_info("late")  # without a read ts: simply not known yet
+        with pytest.raises(TableNotFoundError):
+            col.table_info("never", txn.start_ts - 1)  # a lock newer than the read
+        got = client.read_resolving(ts, lambda bypass: col.table_info("late", ts, bypass))
+        assert got == info

@@ -244,7 +244,7 @@ class ColumnarService:
         if meta_region is None:
             raise DataIsNotReadyError(0, reason="this node does not host the schema's Region yet")
         self._catch_up(meta_region, deadline)
-        info = self.columnar.table_info(req.table)
+        info = self.columnar.table_info(req.table, req.ts, list(req.bypass_locks))
         regions = self._regions_of(info.id)
         # Every Region's read index at once: each is a Raft round on its leader.
         for f in [self._pool.submit(self._catch_up, r, deadline) for r in regions]:
