@@ -9,7 +9,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("bench", help="run a benchmark beside its baseline")
     workloads = p.add_subparsers(dest="workload", metavar="WORKLOAD")
     workloads.required = True
-    from bench import columnar, htap, raft, storage, tpch, ycsb
+    from bench import columnar, htap, raft, storage, summarize, tpch, ycsb
 
     storage.register(workloads)
     raft.register(workloads)
@@ -17,3 +17,4 @@ def register(sub: Any) -> None:
     columnar.register(workloads)
     tpch.register(workloads)
     htap.register(workloads)
+    summarize.register(workloads)  # `htapkv bench report`

@@ -108,6 +108,7 @@ TX_FUNCS: dict[str, Callable[..., Any]] = {
     "order_status": tpcc.order_status,
 }
 LABELS = {"new_order": "New-Order", "payment": "Payment", "order_status": "Order-Status"}
+SHORT = {"oltp": "htapkv", "oltp_analytics": "htapkv + analytics", "sqlite": "SQLite"}
 
 
 @dataclass(frozen=True)
@@ -1323,13 +1324,13 @@ def plot_all(stem: Path, data: dict[str, Any]) -> dict[str, str]:
     plt.close(fig)
     out["throughput"] = path.name
 
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    fig, ax = plt.subplots(figsize=(12, 4.5))
     labels, p50s, p99s = [], [], []
     for p in phases.values():
         for t in p["by_type"].values():
             if t["latency_ms"]["p50"] is None:
                 continue
-            labels.append(f"{t['label']}\n{p['label']}")
+            labels.append(f"{t['label']}\n{SHORT.get(p['name'], p['name'])}")
             p50s.append(t["latency_ms"]["p50"])
             p99s.append(t["latency_ms"]["p99"])
     xs = range(len(labels))
