@@ -1221,7 +1221,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         f"**OLTP alone {fmt(s['tps_alone'], ',.1f')} tx/s; with analytics "
         f"{fmt(s['tps_with_analytics'], ',.1f')} tx/s (loss {fmt(s['interference_pct'], '.1f')}%); "
         f"SQLite {fmt(s['sqlite_tps'], ',.1f')} tx/s (htapkv/SQLite "
-        f"{fmt(s['ratio_vs_sqlite'], '.3f')}x); freshness p99 "
+        f"{fmt(s['ratio_vs_sqlite'], '.3g')}x); freshness p99 "
         f"{fmt(s['freshness_p99_ms'], ',.1f')} ms; consistency: "
         f"{'ok' if s['consistent'] else 'VIOLATED'}.**",
         "",
