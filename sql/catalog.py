@@ -25,6 +25,7 @@ garbage (TiDB hands them to a delete-range GC job; we have none yet).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -190,6 +191,10 @@ class Catalog:
     def __init__(self, client: Client) -> None:
         self.client = client
         self._ids: dict[str, int] = {}
+        # Per open transaction: the schema versions its commit check verifies.
+        self._guarded: weakref.WeakKeyDictionary[Transaction, dict[int, int]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     # ------------------------------------------------------------ reads
     def table(self, txn: Transaction, name: str) -> TableInfo:
@@ -246,24 +251,31 @@ class Catalog:
 
     def guard(self, txn: Transaction, tables: Iterable[TableInfo]) -> None:
         """Make ``txn``'s commit fail if any of ``tables`` changes schema
-        before the commit point (see the module docstring)."""
-        seen = {t.id: t.version for t in tables}
+        before the commit point (see the module docstring). One check per
+        transaction, however many tables it writes: one timestamp and one
+        batched read at commit."""
+        seen = self._guarded.get(txn)
+        if seen is None:
+            seen = self._guarded[txn] = {}
 
-        def check() -> None:
-            snap = self.client.begin()
-            try:
+            def check() -> None:
+                snap = self.client.begin()
+                try:
+                    got = snap.batch_get([table_meta_key(tid) for tid in seen])
+                finally:
+                    snap.rollback()
                 for tid, version in seen.items():
-                    raw = snap.get(table_meta_key(tid))
+                    raw = got.get(table_meta_key(tid))
                     now = None if raw is None else TableInfo.from_json(raw).version
                     if now != version:
                         raise SchemaChangedError(
                             f"table #{tid} changed schema (version {version} -> {now}) "
                             "while this transaction wrote it"
                         )
-            finally:
-                snap.rollback()
 
-        txn.add_commit_check(check)
+            txn.add_commit_check(check)
+        for t in tables:
+            seen.setdefault(t.id, t.version)
 
     # ------------------------------------------------------------ DDL
     def create_table(self, d: TableDefinition) -> TableInfo | None:
