@@ -194,6 +194,7 @@ def run(cfg: RunConfig, progress: Any = None) -> RunOutcome:
         "start": t0,
         "faults": [asdict(f) for f in nemesis.faults],
         "nemesis_errors": nemesis.errors,
+        "nemesis_left_out": nemesis.left_out,
         "client_failures": client_failures,
         "outcomes": {o: sum(1 for op in ops if op.outcome == o) for o in hist.OUTCOMES},
     }
