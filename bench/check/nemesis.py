@@ -165,6 +165,33 @@ class Partitioner:
         self._ipt("-X", CHAIN, check=False)
 
 
+def log_clock_offset(
+    log: Path, offset: int, t0: float, t1: float, wait: float = 5.0
+) -> dict[str, float] | None:
+    """How far a process's wall clock is off, from the time stamp of the last
+    line it logged (``log`` from byte ``offset``) since a restart that began
+    at ``t0`` in true time: ``{"min": stamp - t, "max": stamp - t0}``, where
+    ``t`` (at least ``t1``) is when the line was seen; waits up to ``wait``
+    seconds for a line (a process may log only after it is ready); None
+    without one. The stamp is the process's ``time.time()``, through
+    ``logging``'s ``asctime``."""
+    deadline = time.monotonic() + wait
+    while True:
+        with open(log, "rb") as f:
+            f.seek(offset)
+            stamps = _LOG_TIME.findall(f.read())
+        seen = max(t1, time.time())
+        if stamps:
+            break
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.05)  # polling the log file for the condition "a line is there"
+    t1 = seen
+    day, ms = stamps[-1]
+    stamp = time.mktime(time.strptime(day.decode(), "%Y-%m-%d %H:%M:%S")) + int(ms) / 1000
+    return {"min": round(stamp - t1, 3), "max": round(stamp - t0, 3)}
+
+
 def _ports(info: Any) -> list[int]:
     addrs = [info.addr, info.peer_addr, info.raft_addr, info.status_addr]
     return sorted({int(a.rsplit(":", 1)[1]) for a in addrs if a and ":" in a} - {0})
@@ -283,17 +310,7 @@ class Nemesis:
         return offset, t0, time.time()
 
     def _log_clock(self, name: str, offset: int, t0: float, t1: float) -> dict[str, float] | None:
-        """The offset of ``name``'s clock, from the time stamp of the last log
-        line it wrote during a restart that ran from ``t0`` to ``t1`` (true
-        time): between ``stamp - t1`` and ``stamp - t0``."""
-        with open(self.cluster.log_path(name), "rb") as f:
-            f.seek(offset)
-            stamps = _LOG_TIME.findall(f.read())
-        if not stamps:
-            return None
-        day, ms = stamps[-1]
-        stamp = time.mktime(time.strptime(day.decode(), "%Y-%m-%d %H:%M:%S")) + int(ms) / 1000
-        return {"min": round(stamp - t1, 3), "max": round(stamp - t0, 3)}
+        return log_clock_offset(self.cluster.log_path(name), offset, t0, t1)
 
     def _http_clock(self, name: str) -> float | None:
         """A store's clock offset from the ``Date`` of its metrics endpoint
