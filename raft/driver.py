@@ -28,7 +28,7 @@ from pysyncobj.poller import POLL_EVENT_TYPE, createPoller
 
 from raft.config import RaftConfig
 from raft.group import RaftGroup, StateMachine
-from raft.log_store import RaftLogStore
+from raft.log_store import LogFlushError, RaftLogStore
 from raft.transport import StoreTransportHub
 
 log = logging.getLogger(__name__)
@@ -81,16 +81,23 @@ class RaftDriver:
         snap_dir: str | None = None,
         idle_wait: float = 0.01,
         name: str = "raft",
+        on_fatal: Callable[[BaseException], None] | None = None,
     ) -> None:
         """``raft_addr``: this process's one Raft address (host:port; bind
         to loopback unless the cluster spans machines). ``secret``: the
-        cluster secret; without it Raft traffic is unauthenticated."""
+        cluster secret; without it Raft traffic is unauthenticated.
+        ``on_fatal``: called once, from the driver thread, when the log
+        cannot be made durable (:class:`~raft.log_store.LogFlushError`); the
+        driver has stopped by then (no tick, no acknowledgement, no apply)
+        and a server process should exit (a restart re-reads the disk)."""
         self.log_store = log_store
         self.raft_addr = raft_addr
         self.snap_dir = snap_dir
         if snap_dir is not None:
             os.makedirs(snap_dir, exist_ok=True)
         self.idle_wait = idle_wait
+        self.on_fatal = on_fatal
+        self.fatal: BaseException | None = None
         self.groups: dict[int, RaftGroup] = {}
         self._poller = createPoller("auto")
         self._wake_r, self._wake_w = os.pipe()
@@ -162,6 +169,8 @@ class RaftDriver:
         """Run ``fn`` in the driver thread and return its result."""
         if threading.current_thread() is self._thread:
             return fn()
+        if self.fatal is not None:
+            raise LogFlushError(f"raft driver stopped: {self.fatal}")
         ev = threading.Event()
         box: list[Any] = []
         with self._calls_lock:
@@ -201,12 +210,14 @@ class RaftDriver:
     def stop(self) -> None:
         if self._stop:
             return
-        for gid in list(self.groups):
-            self.remove_group(gid)
+        if self.fatal is None:
+            for gid in list(self.groups):
+                self.remove_group(gid)
         self._stop = True
         self.wake()
         self._thread.join(timeout=10)
-        self.log_store.flush()
+        if self.log_store.failed is None:
+            self.log_store.flush()
         self.hub.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
@@ -223,6 +234,23 @@ class RaftDriver:
         while not self._stop:
             try:
                 self._loop_once()
+            except LogFlushError as e:
+                # Nothing may be acknowledged any more: stop driving (see
+                # RaftLogStore). Callers see their proposals time out.
+                log.critical("raft log cannot be made durable, stopping: %s", e)
+                self.fatal = e
+                with self._calls_lock:
+                    calls, self._calls = self._calls, []
+                for _fn, ev, box in calls:
+                    box.append(LogFlushError(f"raft driver stopped: {e}"))
+                    ev.set()
+                for g in list(self.groups.values()):
+                    g.fail_pending(f"raft log cannot be made durable: {e}")
+                with self._loop_cv:
+                    self._loop_cv.notify_all()
+                if self.on_fatal is not None:
+                    self.on_fatal(e)
+                return
             except Exception:  # one bad tick must not kill every group
                 log.exception("raft driver loop failed")
 

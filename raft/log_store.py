@@ -13,6 +13,13 @@ Layout under the group's prefix ``raftlog/<group id, 8 bytes>/``:
 
 Term and vote are written *and synced* immediately (Raft requires them
 durable before a vote is sent); the commit index rides on the next flush.
+
+A failed write or sync is final: :attr:`RaftLogStore.failed` is set and every
+later flush raises :class:`LogFlushError`, even if the disk seems to recover.
+After a failed fsync the kernel may have dropped the dirty pages (so a retry
+that succeeds proves nothing), and the entries of the failed batch are no
+longer queued: returning from a later flush would let the driver acknowledge
+them. Only a restart, which re-reads what is really on disk, recovers.
 """
 
 from __future__ import annotations
@@ -44,6 +51,11 @@ class LogStorage(Protocol):
         ...
 
 
+class LogFlushError(Exception):
+    """The Raft log could not be made durable: this process must stop
+    acknowledging anything (see the module docstring)."""
+
+
 def group_prefix(group_id: int) -> bytes:
     return b"raftlog/" + _U64.pack(group_id) + b"/"
 
@@ -55,6 +67,7 @@ class RaftLogStore:
         self._puts: list[tuple[bytes, bytes]] = []
         self._deletes: list[tuple[bytes, bytes]] = []
         self.flushes = 0
+        self.failed: BaseException | None = None  # the first failed write: final
 
     def journal(self, group_id: int) -> RocksJournal:
         return RocksJournal(self, group_id)
@@ -78,15 +91,21 @@ class RaftLogStore:
     def flush(self) -> bool:
         """Make everything queued durable. Returns whether anything was."""
         with self._lock:
-            if not self._puts and not self._deletes:
+            if self.failed is None and not self._puts and not self._deletes:
                 return False
             self._flush_locked(sync=True)
             return True
 
     def _flush_locked(self, *, sync: bool) -> None:
+        if self.failed is not None:
+            raise LogFlushError(f"the Raft log failed to persist earlier: {self.failed}")
         puts, deletes = self._puts, self._deletes
         self._puts, self._deletes = [], []
-        self.storage.apply(puts, deletes, sync=sync)
+        try:
+            self.storage.apply(puts, deletes, sync=sync)
+        except Exception as e:
+            self.failed = e
+            raise LogFlushError(f"the Raft log failed to persist: {e}") from e
         if sync:
             self.flushes += 1
 

@@ -9,7 +9,14 @@ process it started (cluster and client processes) whatever happens. Checked:
   completed operations in its history and its files written;
 * a negative control: a deliberately broken client (the test-only
   ``inject="lose-ack"`` hook acknowledges adds it never commits) is caught by
-  the set checker as lost writes, so a valid verdict above means something.
+  the set checker as lost writes, so a valid verdict above means something;
+* the ``clock`` nemesis (libfaketime): a workload stays valid, each fault
+  left evidence that the node's ``time.time()`` really was off by the chosen
+  skew, and every TSO sampled around the faults increased; a PD restarted
+  900 s behind still hands out increasing timestamps;
+* the ``disk`` nemesis (fsync fails with EIO): a workload stays valid, the
+  store really got EIO from ``fdatasync`` and stopped itself (exit status
+  70) instead of acknowledging anything more.
 
 Runs are short (5 s of workload each) to keep this file near 3 minutes on 2
 cores; ``htapkv check --time 60`` is the real thing.
@@ -18,11 +25,17 @@ cores; ``htapkv check --time 60`` is the real thing.
 from __future__ import annotations
 
 import json
+import signal
+import time
 from pathlib import Path
 
 import pytest
 
+from bench.check import faults
+from bench.check.nemesis import log_clock_offset
 from bench.check.runner import RunConfig, run
+from kvstore.server.cluster import LocalCluster
+from kvstore.server.store_server import STORAGE_FAILURE_EXIT
 
 pytestmark = pytest.mark.slow
 
@@ -64,3 +77,58 @@ def test_append_under_every_available_fault(tmp_path: Path) -> None:
     outcome = run(cfg)
     assert outcome.result.valid is True, (outcome.result.anomalies[:5], tmp_path)
     assert outcome.faults and not outcome.meta["nemesis_errors"]
+
+
+def _skew_s(spec: str) -> float:
+    """The offset a libfaketime spec sets at process start (a drift: 0)."""
+    return float(spec.split(maxsplit=1)[0].rstrip("s"))
+
+
+@pytest.mark.skipif(faults.clock_unavailable_reason() is not None, reason="no libfaketime or cc")
+def test_register_under_clock_skew(tmp_path: Path) -> None:
+    cfg = RunConfig("register", "clock", time=4.0, seed=11, output=tmp_path, clients=2)
+    outcome = run(cfg)
+    assert outcome.result.valid is True, (outcome.result.anomalies[:5], tmp_path)
+    assert not outcome.meta["nemesis_errors"]  # TSO samples increased throughout
+    assert outcome.faults
+    for f in outcome.faults:
+        seen, want = f.detail["log_clock_offset_s"], _skew_s(f.detail["faketime"])
+        assert seen["min"] - 1 <= want <= seen["max"] + 1, f.detail
+        back = f.detail["restored_log_clock_offset_s"]
+        assert back["min"] - 1 <= 0 <= back["max"] + 1, f.detail
+        assert len(f.detail["tso"]) >= 2
+
+
+@pytest.mark.skipif(faults.clock_unavailable_reason() is not None, reason="no libfaketime or cc")
+def test_tso_increases_across_a_pd_restarted_with_its_clock_behind(tmp_path: Path) -> None:
+    with LocalCluster(tmp_path / "c", pd=1, stores=1) as cluster:
+        pd = cluster.pd()
+        before = pd.get_ts()
+        cluster.kill("pd1", signal.SIGTERM)
+        log = cluster.log_path("pd1")
+        offset, t0 = log.stat().st_size, time.time()
+        cluster.restart("pd1", env=faults.clock_env("-900s", tmp_path / "shims"))
+        seen = log_clock_offset(log, offset, t0, time.time())
+        assert seen is not None and seen["min"] - 1 <= -900 <= seen["max"] + 1, seen
+        assert cluster.environment("pd1")["FAKETIME"] == "-900s"
+        behind = cluster.wait_for("a timestamp from the skewed PD", pd.get_ts)
+        assert behind > before
+        cluster.kill("pd1", signal.SIGTERM)
+        cluster.restart("pd1")
+        assert cluster.environment("pd1") == {}
+        after = cluster.wait_for("a timestamp from the restored PD", pd.get_ts)
+        assert after > behind
+
+
+@pytest.mark.skipif(faults.disk_unavailable_reason() is not None, reason="no C compiler")
+def test_set_under_failing_fsync(tmp_path: Path) -> None:
+    cfg = RunConfig("set", "disk", time=4.0, seed=13, output=tmp_path, clients=2)
+    outcome = run(cfg)
+    assert outcome.result.valid is True, (outcome.result.anomalies[:5], tmp_path)
+    assert outcome.faults and not outcome.meta["nemesis_errors"]
+    hit = [f for f in outcome.faults if f.detail["eio_calls"] > 0]
+    assert hit, [f.detail for f in outcome.faults]
+    for f in hit:  # fail-stop: the store exited by itself, saying why
+        assert f.detail["exited_by_itself"] is True, f.detail
+        assert f.detail["exit_code"] == STORAGE_FAILURE_EXIT, f.detail
+        assert any("cannot be made durable" in e for e in f.detail["log_errors_first"])

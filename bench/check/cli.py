@@ -92,6 +92,8 @@ def print_verdict(outcome: Any, console: Any) -> None:
         if len(r.anomalies) > MAX_ANOMALIES_SHOWN:
             at.caption = f"{len(r.anomalies) - MAX_ANOMALIES_SHOWN} more in result.json"
         console.print(at)
+    for kind, why in meta.get("nemesis_left_out", {}).items():
+        console.print(f"[yellow]nemesis: {kind} left out: {why}")
     for e in meta.get("nemesis_errors", []):
         console.print(f"[yellow]nemesis: {e}")
     console.print(f"results: {outcome.output} (history.json, result.json, timeline.png)")

@@ -13,7 +13,20 @@ node), wait a few seconds, repair it. Every fault is recorded as an interval
   ports, with iptables on the loopback interface (the node's own sockets are
   matched through a cgroup v2 of its own); needs root and ``iptables``, else
   the run stops with :class:`NemesisUnavailableError` saying why;
-* ``all``: each round one of the above that is available.
+* ``clock``: restart a node under libfaketime with its wall clock off by a
+  seeded choice of :data:`CLOCK_SKEWS` (stepped ahead, stepped behind, or
+  drifting fast; the monotonic clock stays true, see
+  :mod:`bench.check.faults`), then restart it with the true clock. Evidence
+  per fault (``Fault.detail``): the clock the node's log lines carry, its
+  HTTP ``Date`` (stores) or its TSO (PD) at the end of the skew, and every
+  TSO sampled before, during and after, which must increase strictly (a
+  decrease is a nemesis error);
+* ``disk``: restart a row store with ``failfsync.c`` preloaded, make its
+  ``fsync``/``fdatasync`` fail with ``EIO`` for a while, then kill it and
+  restart it normally. Evidence: the failed calls, whether the store exited
+  by itself, its log lines about the error;
+* ``all``: each round one of the above that is available (the others are
+  left out, with the reason in :attr:`Nemesis.left_out`).
 
 :meth:`Nemesis.heal` undoes whatever is in force (resumes, reconnects,
 restarts): a run always ends on a whole cluster.
@@ -22,20 +35,33 @@ restarts): a run always ends on a whole cluster.
 from __future__ import annotations
 
 import contextlib
+import email.utils
+import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
+import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.check import faults
 from kvstore.errors import KVError
+from kvstore.types import physical_ms
 
-KINDS = ("none", "kill", "pause", "partition", "all")
+KINDS = ("none", "kill", "pause", "partition", "clock", "disk", "all")
+# libfaketime FAKETIME values: stepped ahead, stepped behind (a PD restarted
+# behind must still hand out increasing timestamps), ahead by more than PD's
+# GC life time (600 s: the GC safe point jumps past every running
+# transaction), and a wall clock running 1.5x fast.
+CLOCK_SKEWS = ("+30s", "-30s", "+900s", "-900s", "+0 x1.5")
+_LOG_TIME = re.compile(rb"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ", re.MULTILINE)
+_DISK_ERRORS = re.compile(rb"^.*(?:Input/output error|StorageError|I/O error|IO error).*$", re.M)
 CGROUP_ROOT = Path("/sys/fs/cgroup/unified")
 CHAIN = "HTAPKV_CHECK"
 
@@ -50,6 +76,7 @@ class Fault:
     target: str
     start: float  # time.monotonic()
     end: float | None = None
+    detail: dict[str, Any] = field(default_factory=dict)  # evidence the fault took effect
 
 
 def partition_unavailable_reason() -> str | None:
@@ -138,6 +165,33 @@ class Partitioner:
         self._ipt("-X", CHAIN, check=False)
 
 
+def log_clock_offset(
+    log: Path, offset: int, t0: float, t1: float, wait: float = 5.0
+) -> dict[str, float] | None:
+    """How far a process's wall clock is off, from the time stamp of the last
+    line it logged (``log`` from byte ``offset``) since a restart that began
+    at ``t0`` in true time: ``{"min": stamp - t, "max": stamp - t0}``, where
+    ``t`` (at least ``t1``) is when the line was seen; waits up to ``wait``
+    seconds for a line (a process may log only after it is ready); None
+    without one. The stamp is the process's ``time.time()``, through
+    ``logging``'s ``asctime``."""
+    deadline = time.monotonic() + wait
+    while True:
+        with open(log, "rb") as f:
+            f.seek(offset)
+            stamps = _LOG_TIME.findall(f.read())
+        seen = max(t1, time.time())
+        if stamps:
+            break
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.05)  # polling the log file for the condition "a line is there"
+    t1 = seen
+    day, ms = stamps[-1]
+    stamp = time.mktime(time.strptime(day.decode(), "%Y-%m-%d %H:%M:%S")) + int(ms) / 1000
+    return {"min": round(stamp - t1, 3), "max": round(stamp - t0, 3)}
+
+
 def _ports(info: Any) -> list[int]:
     addrs = [info.addr, info.peer_addr, info.raft_addr, info.status_addr]
     return sorted({int(a.rsplit(":", 1)[1]) for a in addrs if a and ":" in a} - {0})
@@ -169,12 +223,30 @@ class Nemesis:
         self._thread: threading.Thread | None = None
         self._paused: set[str] = set()
         self._partitioner: Partitioner | None = None
-        self.kinds = ["kill", "pause", "partition"] if kind == "all" else [kind]
+        self.kinds = ["kill", "pause", "partition", "clock", "disk"] if kind == "all" else [kind]
+        self.left_out: dict[str, str] = {}  # kind -> why ``all`` runs without it
+        checks = {
+            "partition": partition_unavailable_reason,
+            "clock": faults.clock_unavailable_reason,
+            "disk": faults.disk_unavailable_reason,
+        }
+        for k, why_not in checks.items():
+            if k in self.kinds and (why := why_not()):
+                if kind != "all":
+                    raise NemesisUnavailableError(why)
+                self.kinds.remove(k)
+                self.left_out[k] = why
         if "partition" in self.kinds:
-            if kind == "all" and partition_unavailable_reason():
-                self.kinds.remove("partition")
-            else:
-                self._partitioner = Partitioner()
+            self._partitioner = Partitioner()
+        self._tso_max = 0
+        self._fault_dir: Path | None = None
+        if cluster is not None and ("clock" in self.kinds or "disk" in self.kinds):
+            self._fault_dir = Path(cluster.data_dir).parent / "faults"
+            self._fault_dir.mkdir(exist_ok=True)
+            if "clock" in self.kinds:
+                faults.build_shim("sleepfix", self._fault_dir)
+            if "disk" in self.kinds:
+                faults.build_shim("failfsync", self._fault_dir)
 
     def start(self) -> None:
         if self.kind == "none":
@@ -190,18 +262,117 @@ class Nemesis:
     def _run(self) -> None:
         while not self._stop.wait(self.rng.uniform(*self.up)):
             kind = self.rng.choice(self.kinds)
-            names = sorted(self.cluster.procs)
+            if kind == "disk":  # the fsync shim is for row stores (see the docstring)
+                names = sorted(n for n, p in self.cluster.procs.items() if p.info.role == "store")
+            else:
+                names = sorted(self.cluster.procs)
             target = self.rng.choice(names)
             fault = Fault(kind, target, time.monotonic())
             self.faults.append(fault)
             try:
-                self._break(kind, target)
-                self._stop.wait(self.rng.uniform(*self.down))
-                self._repair(kind, target)
+                if kind == "clock":
+                    self._clock(fault)
+                elif kind == "disk":
+                    self._disk(fault)
+                else:
+                    self._break(kind, target)
+                    self._stop.wait(self.rng.uniform(*self.down))
+                    self._repair(kind, target)
             except Exception as e:  # keep going: heal() repairs at the end
                 self.errors.append(f"{kind} {target}: {type(e).__name__}: {e}")
             fault.end = time.monotonic()
 
+    # ------------------------------------------------------------ clock
+    def _sample_tso(self, fault: Fault, when: str) -> None:
+        """One TSO from PD, checked against every one seen before."""
+        try:
+            ts = int(self.cluster.pd().get_ts())
+        except Exception as e:  # PD electing or restarting: no sample
+            fault.detail.setdefault("tso_errors", []).append(f"{when}: {type(e).__name__}")
+            return
+        fault.detail.setdefault("tso", []).append(
+            {"when": when, "ts": ts, "offset_s": round(physical_ms(ts) / 1000 - time.time(), 3)}
+        )
+        if ts <= self._tso_max:
+            self.errors.append(
+                f"clock {fault.target}: TSO went backwards {when}: {ts} after {self._tso_max}"
+            )
+        self._tso_max = max(self._tso_max, ts)
+
+    def _restart_with(self, name: str, env: dict[str, str] | None) -> tuple[int, float, float]:
+        """SIGTERM ``name`` and start it again with ``env``; return where its
+        log ended before and the wall-clock interval of the restart."""
+        self.cluster.kill(name, signal.SIGTERM)
+        log = Path(self.cluster.log_path(name))
+        offset = log.stat().st_size if log.exists() else 0
+        t0 = time.time()
+        self.cluster.restart(name, env=env)
+        return offset, t0, time.time()
+
+    def _log_clock(self, name: str, offset: int, t0: float, t1: float) -> dict[str, float] | None:
+        return log_clock_offset(self.cluster.log_path(name), offset, t0, t1)
+
+    def _http_clock(self, name: str) -> float | None:
+        """A store's clock offset from the ``Date`` of its metrics endpoint
+        (whole seconds: +-1 s)."""
+        addrs = Path(self.cluster.procs[name].info.data_dir) / "addrs.json"
+        try:
+            status = json.loads(addrs.read_text()).get("status")
+            with urllib.request.urlopen(f"http://{status}/metrics", timeout=2) as r:
+                date = r.headers["Date"]
+            return round(email.utils.parsedate_to_datetime(date).timestamp() - time.time(), 1)
+        except Exception:
+            return None
+
+    def _clock(self, fault: Fault) -> None:
+        assert self._fault_dir is not None
+        name = fault.target
+        spec = self.rng.choice(CLOCK_SKEWS)
+        fault.detail["faketime"] = spec
+        self._sample_tso(fault, "before")
+        env = faults.clock_env(spec, self._fault_dir)
+        offset, t0, t1 = self._restart_with(name, env)
+        fault.detail["log_clock_offset_s"] = self._log_clock(name, offset, t0, t1)
+        self._sample_tso(fault, "skewed")
+        self._stop.wait(self.rng.uniform(*self.down))
+        if self.cluster.procs[name].info.role == "pd":
+            self._sample_tso(fault, "end of skew")
+        else:
+            fault.detail["http_clock_offset_s"] = self._http_clock(name)
+        offset, t0, t1 = self._restart_with(name, None)
+        fault.detail["restored_log_clock_offset_s"] = self._log_clock(name, offset, t0, t1)
+        self._sample_tso(fault, "restored")
+
+    # ------------------------------------------------------------ disk
+    def _disk(self, fault: Fault) -> None:
+        assert self._fault_dir is not None
+        name = fault.target
+        trigger = self._fault_dir / f"{name}.fail-fsync"
+        eio_log = self._fault_dir / f"{name}.eio.{len(self.faults)}.log"
+        trigger.unlink(missing_ok=True)
+        env = faults.disk_env(trigger, eio_log, self._fault_dir)
+        offset, _t0, _t1 = self._restart_with(name, env)
+        proc = self.cluster.procs[name]
+        trigger.touch()
+        self._stop.wait(self.rng.uniform(*self.down))
+        trigger.unlink(missing_ok=True)
+        calls = eio_log.read_text().splitlines() if eio_log.exists() else []
+        fault.detail["eio_calls"] = len(calls)
+        fault.detail["eio_first"] = calls[:3]
+        exited = not proc.alive()
+        fault.detail["exited_by_itself"] = exited
+        if exited and proc.popen is not None:
+            fault.detail["exit_code"] = proc.popen.returncode
+        with open(self.cluster.log_path(name), "rb") as f:
+            f.seek(offset)
+            errors = _DISK_ERRORS.findall(f.read())
+        fault.detail["log_error_lines"] = len(errors)
+        fault.detail["log_errors_first"] = [e.decode(errors="replace")[:300] for e in errors[:3]]
+        # RocksDB is read-only after a failed sync: only a restart recovers.
+        self.cluster.kill(name, signal.SIGKILL)
+        self.cluster.restart(name)
+
+    # ------------------------------------------------------------ kill, pause, partition
     def _break(self, kind: str, target: str) -> None:
         if kind == "kill":
             self.cluster.kill(target, signal.SIGKILL)
@@ -232,7 +403,12 @@ class Nemesis:
         self._paused.clear()
         if self._partitioner is not None:
             self._partitioner.close()
+        if self._fault_dir is not None:
+            for trigger in self._fault_dir.glob("*.fail-fsync"):
+                trigger.unlink()
         for name, proc in sorted(self.cluster.procs.items()):
+            if proc.alive() and self.cluster.environment(name):
+                self.cluster.kill(name, signal.SIGKILL)  # still skewed or preloaded
             if not proc.alive():
                 self.cluster.restart(name)
         self.cluster.wait_pd_leader()

@@ -11,7 +11,8 @@
    client is stopped is ``info``), heal everything, wait until the cluster
    serves, run the final reads (retried until they succeed).
 5. Merge the histories, check, and write ``history.json``, ``result.json``
-   and ``timeline.png`` into the output directory.
+   and ``timeline.png`` into the output directory, with every server's log
+   under ``logs/``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import contextlib
 import json
 import multiprocessing as mp
 import random
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -181,6 +183,8 @@ def run(cfg: RunConfig, progress: Any = None) -> RunOutcome:
             while not wl.final(client, fctx) and time.monotonic() < give_up:
                 time.sleep(0.5)  # the cluster serves, but a Region may still be electing
         final.close()
+        if cluster is not None:  # the servers' logs outlive the temporary cluster
+            _keep_logs(cluster, out / "logs")
     events = hist.merge(hist.read_jsonl(f) for f in sorted(clients_dir.glob("*.jsonl")))
     ops = hist.pair(events)
     result = wl.check(ops)
@@ -194,6 +198,7 @@ def run(cfg: RunConfig, progress: Any = None) -> RunOutcome:
         "start": t0,
         "faults": [asdict(f) for f in nemesis.faults],
         "nemesis_errors": nemesis.errors,
+        "nemesis_left_out": nemesis.left_out,
         "client_failures": client_failures,
         "outcomes": {o: sum(1 for op in ops if op.outcome == o) for o in hist.OUTCOMES},
     }
@@ -210,6 +215,13 @@ def run(cfg: RunConfig, progress: Any = None) -> RunOutcome:
 
 def _title(cfg: RunConfig, seed: int) -> str:
     return f"htapkv check {cfg.workload}, nemesis {cfg.nemesis}, {cfg.time:g} s, seed {seed}"
+
+
+def _keep_logs(cluster: Any, dest: Path) -> None:
+    dest.mkdir(exist_ok=True)
+    for name in cluster.procs:
+        with contextlib.suppress(OSError):
+            shutil.copyfile(cluster.log_path(name), dest / f"{name}.log")
 
 
 def _stop_all(procs: list[Any]) -> None:

@@ -81,6 +81,9 @@ class StoreConfig:
     id_allocator: Callable[[int], int] | None = None
     # Sees every replica's applied data (the columnar learner's feed).
     apply_observer: ApplyObserver | None = None
+    # Called once if the Raft log cannot be made durable (a failed fsync):
+    # the store has stopped acknowledging; a server process should exit.
+    on_fatal: Callable[[BaseException], None] | None = None
 
 
 class EngineLogStorage:
@@ -180,6 +183,7 @@ class Store:
             secret=config.secret,
             snap_dir=os.path.join(config.data_dir, "snap"),
             name=f"store{config.store_id}",
+            on_fatal=config.on_fatal,
         )
         self.raft_addr = self.driver.raft_addr
         self.cluster: dict[int, str] = {}

@@ -79,17 +79,20 @@ class _Proc:
         self.detach = detach
         self.popen: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self.env: dict[str, str] = {}  # extra environment of the running process
 
     @property
     def log_path(self) -> Path:
         return Path(self.info.data_dir).parent / f"{self.info.name}.log"
 
-    def start(self) -> None:
+    def start(self, env: dict[str, str] | None = None) -> None:
         Path(self.info.data_dir).mkdir(parents=True, exist_ok=True)
         (Path(self.info.data_dir) / "ready").unlink(missing_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in wait_stopped)
+        self.env = dict(env or {})
         self.popen = subprocess.Popen(
             self.argv,
+            env={**os.environ, **self.env} if self.env else None,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -341,15 +344,26 @@ class LocalCluster:
                 p.wait_stopped(15.0)
         return [p.info.name for p in procs]
 
-    def restart(self, name: str, *, wait: bool = True) -> None:
-        """Start a stopped process again on its data directory."""
+    def restart(self, name: str, *, wait: bool = True, env: dict[str, str] | None = None) -> None:
+        """Start a stopped process again on its data directory. ``env``:
+        extra environment variables for this start only (a fault such as
+        ``LD_PRELOAD``); the next restart without it starts normally."""
         p = self.procs[name]
         if p.alive():
             raise ClusterError(f"{name} is running")
-        p.start()
+        p.start(env)
         if wait:
             self._wait_ready([p])
         self.save()
+
+    def environment(self, name: str) -> dict[str, str]:
+        """The extra environment ``name`` was last started with (see
+        :meth:`restart`); empty for a normal start."""
+        return dict(self.procs[name].env)
+
+    def log_path(self, name: str) -> Path:
+        """The log file of process ``name`` (appended to across restarts)."""
+        return self.procs[name].log_path
 
     def store_id(self, name: str) -> int:
         return self.procs[name].info.store_id

@@ -127,6 +127,8 @@ class PdConfig:
     id_step: int = 1000  # ids reserved per replicated allocation
     tick: float = 0.1  # background loop: GC schedule, member announcements
     max_workers: int = 64  # gRPC threads (each open Tso stream holds one)
+    # Called once if the Raft log cannot be made durable (see RaftDriver).
+    on_fatal: Callable[[BaseException], None] | None = None
 
 
 class _LeaderState:
@@ -160,6 +162,7 @@ class PdServer:
             secret=cfg.secret,
             snap_dir=str(data / "snap"),
             name=f"pd-{cfg.name}",
+            on_fatal=cfg.on_fatal,
         )
         self.peer_addr = self.driver.raft_addr
         self.cluster = dict(cfg.initial_cluster) or {cfg.name: self.peer_addr}
@@ -818,7 +821,7 @@ def add_pd_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_pd(args: argparse.Namespace) -> int:
     """Run a PD process until SIGTERM/SIGINT; returns the exit code."""
-    from kvstore.server.store_server import write_json_atomic
+    from kvstore.server.store_server import exit_on_storage_failure, write_json_atomic
 
     data = Path(args.data_dir)
     data.mkdir(parents=True, exist_ok=True)
@@ -842,6 +845,7 @@ def run_pd(args: argparse.Namespace) -> int:
         initial_cluster=cluster,
         secret=args.secret,
         tls=tls_from_args(args),
+        on_fatal=exit_on_storage_failure,
         schedule=ScheduleConfig(
             max_replicas=args.max_replicas,
             max_store_down_time=args.max_store_down_time,

@@ -35,7 +35,7 @@ from kvstore.server.kv_service import serve
 from kvstore.server.metrics import StoreCollector, serve_metrics
 from kvstore.server.pd_worker import PdWorker, PdWorkerConfig
 from kvstore.server.region_handler import RegionKvHandler
-from kvstore.server.store_server import DebugService, write_json_atomic
+from kvstore.server.store_server import DebugService, exit_on_storage_failure, write_json_atomic
 from kvstore.types import Peer, Region, RegionEpoch
 from raft import RaftConfig
 
@@ -126,6 +126,7 @@ def _serve(
             raft=RaftConfig(snapshot_entries=args.snapshot_entries),
             bootstrap=False,
             id_allocator=pd.alloc_id,
+            on_fatal=exit_on_storage_failure,
         )
     )
     observer: Any = None

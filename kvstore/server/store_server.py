@@ -55,6 +55,21 @@ log = logging.getLogger(__name__)
 DEBUG_SERVICE = "htapkv.debugpb.Debug"
 
 
+STORAGE_FAILURE_EXIT = 70  # EX_SOFTWARE: what a supervisor sees
+
+
+def exit_on_storage_failure(error: BaseException) -> None:
+    """Fail-stop: the Raft log could not be fsync'd, so this process must
+    acknowledge nothing more (and RocksDB is read-only after a failed sync).
+    Exit at once, without the orderly shutdown that would write again; a
+    restart recovers from what is really on disk (TiKV panics likewise)."""
+    logging.getLogger(__name__).critical(
+        "storage failure, exiting with status %d: %s", STORAGE_FAILURE_EXIT, error
+    )
+    logging.shutdown()
+    os._exit(STORAGE_FAILURE_EXIT)
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Replace ``path`` with ``data``, durably: a power loss leaves either
     the old file or the new one, never an empty one."""
