@@ -53,7 +53,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.report import fmt, load_average, positive_float, positive_int
+from bench.report import add_run_flags, fmt, load_average, positive_float, positive_int
 
 if TYPE_CHECKING:
     import numpy as np
@@ -74,7 +74,6 @@ QUICK_ROWS = 3_000
 QUICK_REPS = 2
 QUICK_LAG_SECONDS = 3.0
 QUICK_LAG_THREADS = 2
-DEFAULT_OUTPUT = "bench-results"
 BUSY_LOAD_PER_CPU = 0.5
 MARKER_PAUSE_S = 0.1  # between two marker writes
 STATUS_EVERY_S = 0.25  # Columnar.Status sampling period
@@ -184,21 +183,13 @@ def register(sub: Any) -> None:
         help="run against an already running cluster with a columnar node: its PD address(es), "
         "comma-separated",
     )
-    p.add_argument("--seed", type=int, default=1, help="seed of the generated rows (default 1)")
-    p.add_argument(
-        "--output",
-        default=DEFAULT_OUTPUT,
-        help=f"folder for the JSON, Markdown and PNG results (default {DEFAULT_OUTPUT}/)",
-    )
-    p.add_argument(
-        "--data-dir", help="create the cluster under this folder (default: a temporary folder)"
-    )
-    p.add_argument("--keep-data", action="store_true", help="do not delete the data afterwards")
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"tiny run ({QUICK_ROWS:,} rows, {QUICK_REPS} reps, {QUICK_LAG_SECONDS:g} s of "
+    add_run_flags(
+        p,
+        seed_help="seed of the generated rows (default 1)",
+        data_dir_help="create the cluster under this folder (default: a temporary folder)",
+        quick_help=f"tiny run ({QUICK_ROWS:,} rows, {QUICK_REPS} reps, {QUICK_LAG_SECONDS:g} s of "
         "lag): a smoke test",
+        keep_data_help="do not delete the data afterwards",
     )
     p.set_defaults(func=run)
 

@@ -68,7 +68,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench import tpcc
-from bench.report import fmt, load_average, positive_float, positive_int
+from bench.report import add_run_flags, fmt, load_average, positive_float, positive_int
 
 if TYPE_CHECKING:
     import sqlite3
@@ -82,7 +82,6 @@ DEFAULT_DURATION_S = 30.0
 DEFAULT_CONCURRENCY = 4
 DEFAULT_ANALYTIC_THREADS = 1
 DEFAULT_WAREHOUSES = 2
-DEFAULT_OUTPUT = "bench-results"
 QUICK_DURATION_S = 4.0
 QUICK_WAREHOUSES = 1
 # Sizes of the "moderate for 2 cores" load: 2 warehouses take ~6 s to fill.
@@ -212,21 +211,13 @@ def register(sub: Any) -> None:
         type=positive_int,
         help=f"TPC-C warehouses (default {DEFAULT_WAREHOUSES}, {QUICK_WAREHOUSES} with --quick)",
     )
-    p.add_argument("--seed", type=int, default=1, help="seed of the data and the mix (default 1)")
-    p.add_argument(
-        "--output",
-        default=DEFAULT_OUTPUT,
-        help=f"folder for the JSON, Markdown and PNG results (default {DEFAULT_OUTPUT}/)",
-    )
-    p.add_argument(
-        "--data-dir", help="create the cluster and SQLite file under this folder (default: tmp)"
-    )
-    p.add_argument("--keep-data", action="store_true", help="do not delete the data afterwards")
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"tiny run ({QUICK_WAREHOUSES} warehouse, small tables, {QUICK_DURATION_S:g} s "
+    add_run_flags(
+        p,
+        seed_help="seed of the data and the mix (default 1)",
+        data_dir_help="create the cluster and SQLite file under this folder (default: tmp)",
+        quick_help=f"tiny run ({QUICK_WAREHOUSES} warehouse, small tables, {QUICK_DURATION_S:g} s "
         "phases): a smoke test",
+        keep_data_help="do not delete the data afterwards",
     )
     p.set_defaults(func=run)
 

@@ -60,7 +60,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.report import fmt, load_average, notes_section, positive_float
+from bench.report import add_run_flags, fmt, load_average, notes_section, positive_float
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -76,7 +76,6 @@ DEFAULT_REGIONS = "1,8"
 DEFAULT_INFLIGHT = "1,16,256"
 QUICK_REGIONS = "1"
 QUICK_INFLIGHT = "1,16"
-DEFAULT_OUTPUT = "bench-results"
 MAX_INFLIGHT = 4095  # the thread number is 3 hex digits of the key
 MAX_REGIONS = 100  # Regions start at two-digit key prefixes
 VALUE_SIZE = 100
@@ -140,27 +139,14 @@ def register(sub: Any) -> None:
         metavar="N",
         help=f"client threads of the async load (default {DEFAULT_CLIENT_THREADS})",
     )
-    p.add_argument("--seed", type=int, default=1, help="seed of the values (default 1)")
-    p.add_argument(
-        "--output",
-        default=DEFAULT_OUTPUT,
-        help=f"folder for the JSON and Markdown results (default {DEFAULT_OUTPUT}/)",
-    )
-    p.add_argument(
-        "--data-dir",
-        help="create the stores and the baseline database under this folder (default: a "
+    add_run_flags(
+        p,
+        seed_help="seed of the values (default 1)",
+        data_dir_help="create the stores and the baseline database under this folder (default: a "
         "temporary folder); it decides which disk the fsyncs hit",
-    )
-    p.add_argument(
-        "--keep-data",
-        action="store_true",
-        help="do not delete the data (and the follower logs) afterwards",
-    )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"tiny run: Regions {QUICK_REGIONS}, in flight {QUICK_INFLIGHT}, "
+        quick_help=f"tiny run: Regions {QUICK_REGIONS}, in flight {QUICK_INFLIGHT}, "
         f"{QUICK_DURATION:g} s each (a smoke test)",
+        keep_data_help="do not delete the data (and the follower logs) afterwards",
     )
     p.set_defaults(func=run)
 

@@ -224,3 +224,28 @@ def notes_section(results: Iterable[Any], warnings: Iterable[str]) -> list[str]:
     notes = [f"- {r.id}: {n}" for r in results for n in r.notes]
     notes += [f"- {n}" for n in warnings]
     return ["", "## Notes", "", *notes] if notes else []
+
+
+# ------------------------------------------------------------ shared flags
+DEFAULT_OUTPUT = "bench-results"
+
+
+def add_run_flags(
+    p: argparse.ArgumentParser,
+    *,
+    seed_help: str,
+    data_dir_help: str,
+    quick_help: str,
+    keep_data_help: str = "do not delete the data afterwards",
+) -> None:
+    """The flags every workload shares, spelled the same everywhere:
+    ``--seed``, ``--output``, ``--data-dir``, ``--keep-data``, ``--quick``."""
+    p.add_argument("--seed", type=int, default=1, help=seed_help)
+    p.add_argument(
+        "--output",
+        default=DEFAULT_OUTPUT,
+        help=f"folder for the JSON, Markdown and PNG results (default {DEFAULT_OUTPUT}/)",
+    )
+    p.add_argument("--data-dir", help=data_dir_help)
+    p.add_argument("--keep-data", action="store_true", help=keep_data_help)
+    p.add_argument("--quick", action="store_true", help=quick_help)

@@ -56,7 +56,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from bench.report import fmt, load_average, notes_section, positive_float, positive_int
+from bench.report import (
+    add_run_flags,
+    fmt,
+    load_average,
+    notes_section,
+    positive_float,
+    positive_int,
+)
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -71,7 +78,6 @@ BASELINE_FACTOR = 5
 KEY_SPACE = 10**15  # b"k" + 15 digits: 16-byte keys
 VALUE_SIZE = 100
 VALUE_POOL = 256  # distinct values, used round-robin (a power of two: i & mask)
-DEFAULT_OUTPUT = "bench-results"
 
 BASELINE_OFF = "rocksdict.sync_off.put"
 BASELINE_ON = "rocksdict.sync_on.put"
@@ -111,30 +117,19 @@ def register(sub: Any) -> None:
         type=positive_float,
         help="stop each phase after this many seconds even if it has operations left",
     )
-    p.add_argument("--seed", type=int, default=1, help="seed of keys and values (default 1)")
     p.add_argument(
         "--concurrency",
         type=positive_int,
         default=1,
         help="threads issuing operations (default 1); they share one store",
     )
-    p.add_argument(
-        "--output",
-        default=DEFAULT_OUTPUT,
-        help=f"folder for the JSON and Markdown results (default {DEFAULT_OUTPUT}/)",
-    )
-    p.add_argument(
-        "--data-dir",
-        help="create the databases under this folder (default: a temporary folder); "
+    add_run_flags(
+        p,
+        seed_help="seed of keys and values (default 1)",
+        data_dir_help="create the databases under this folder (default: a temporary folder); "
         "it decides which disk the fsyncs hit",
-    )
-    p.add_argument(
-        "--keep-data", action="store_true", help="do not delete the databases afterwards"
-    )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"tiny phases ({QUICK_OPS} ops): a smoke run of a few seconds",
+        quick_help=f"tiny phases ({QUICK_OPS} ops): a smoke run of a few seconds",
+        keep_data_help="do not delete the databases afterwards",
     )
     p.set_defaults(func=run)
 

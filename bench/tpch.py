@@ -43,7 +43,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.report import positive_float, positive_int
+from bench.report import add_run_flags, positive_float, positive_int
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -52,7 +52,6 @@ if TYPE_CHECKING:
 
 TABLES = ("region", "nation", "supplier", "customer", "part", "partsupp", "orders", "lineitem")
 SQL_DIR = Path(__file__).parent / "tpch_sql"
-DEFAULT_OUTPUT = "bench-results"
 LOAD_TARGET = 50_000
 GEOMEAN_TARGET = 2.0
 REL_TOL = 1e-6
@@ -285,13 +284,12 @@ def register(sub: Any) -> None:
         "--load-threads", type=positive_int, default=4, help="load transactions in flight"
     )
     p.add_argument("--pd", metavar="ADDR", help="use a running cluster with a columnar node")
-    p.add_argument("--output", default=DEFAULT_OUTPUT, help="folder for JSON/Markdown/PNG results")
-    p.add_argument("--data-dir", help="create the cluster and data under this folder")
-    p.add_argument("--keep-data", action="store_true", help="do not delete the data afterwards")
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"a smoke test: SF {QUICK_SF:g}, one rep, no row path",
+    add_run_flags(
+        p,
+        seed_help="accepted like every workload's; tpchgen-cli's data does not depend on it",
+        data_dir_help="create the cluster and data under this folder",
+        quick_help=f"a smoke test: SF {QUICK_SF:g}, one rep, no row path",
+        keep_data_help="do not delete the data afterwards",
     )
     p.set_defaults(func=run)
 

@@ -64,7 +64,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.report import fmt, load_average, notes_section, positive_float, positive_int
+from bench.report import (
+    add_run_flags,
+    fmt,
+    load_average,
+    notes_section,
+    positive_float,
+    positive_int,
+)
 from bench.ycsb_workload import (
     DISTRIBUTIONS,
     INSERT,
@@ -95,7 +102,6 @@ DEFAULT_LOAD_CONCURRENCY = 64
 QUICK_RECORDS = 200
 QUICK_OPS = 400
 QUICK_CONCURRENCY = 4
-DEFAULT_OUTPUT = "bench-results"
 VALUE_POOL = 64
 BUSY_LOAD_PER_CPU = 0.5
 CLIENT_SATURATED = 0.85  # cores of the benchmark process beyond which the client is the limit
@@ -195,25 +201,14 @@ def register(sub: Any) -> None:
         type=positive_float,
         help="stop each phase after this many seconds even if it has operations left",
     )
-    p.add_argument("--seed", type=int, default=1, help="seed of keys and values (default 1)")
-    p.add_argument(
-        "--output",
-        default=DEFAULT_OUTPUT,
-        help=f"folder for the JSON, Markdown and PNG results (default {DEFAULT_OUTPUT}/)",
-    )
-    p.add_argument(
-        "--data-dir",
-        help="create the databases under this folder (default: a temporary folder); "
+    add_run_flags(
+        p,
+        seed_help="seed of keys and values (default 1)",
+        data_dir_help="create the databases under this folder (default: a temporary folder); "
         "it decides which disk the fsyncs hit",
-    )
-    p.add_argument(
-        "--keep-data", action="store_true", help="do not delete the databases afterwards"
-    )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"tiny run ({QUICK_RECORDS} records, {QUICK_OPS} ops, {QUICK_CONCURRENCY} in "
+        quick_help=f"tiny run ({QUICK_RECORDS} records, {QUICK_OPS} ops, {QUICK_CONCURRENCY} in "
         "flight): a smoke test of a few seconds",
+        keep_data_help="do not delete the databases afterwards",
     )
     p.set_defaults(func=run)
 
