@@ -51,31 +51,19 @@ def to_sql_literal(v: Any) -> exp.Expr:
 
 
 def bind_params(statement: exp.Expr, params: Sequence[Any]) -> exp.Expr:
-    """A copy of ``statement`` with each ``?`` replaced by the next parameter."""
-    holes = [p for p in statement.find_all(exp.Placeholder) if not p.this]
+    """A copy of ``statement`` with each ``?`` replaced by the next parameter
+    (a depth-first walk meets them in the order they are written)."""
+    if not params:
+        if any(isinstance(n, exp.Placeholder) and not n.this for n in statement.walk()):
+            raise ProgrammingError("statement has parameters, none given")
+        return statement
+    out = statement.copy()
+    holes = [n for n in out.walk(bfs=False) if isinstance(n, exp.Placeholder) and not n.this]
     if len(holes) != len(params):
         raise ProgrammingError(f"statement has {len(holes)} parameters, {len(params)} given")
-    if not holes:
-        return statement
-    # find_all walks breadth-first; parameters are numbered in text order.
-    holes.sort(key=_position)
-    out = statement.copy()
-    copies = [p for p in out.find_all(exp.Placeholder) if not p.this]
-    copies.sort(key=_position)
-    for hole, value in zip(copies, params, strict=True):
+    for hole, value in zip(holes, params, strict=True):
         hole.replace(to_sql_literal(value))
     return out
-
-
-def _position(node: exp.Expr) -> tuple[int, ...]:
-    """The node's path from the root as child indexes: text order."""
-    path: list[int] = []
-    while node.parent is not None:
-        parent = node.parent
-        siblings = list(parent.iter_expressions())
-        path.append(next(i for i, s in enumerate(siblings) if s is node))
-        node = parent
-    return tuple(reversed(path))
 
 
 def literal(e: exp.Expr) -> Any:

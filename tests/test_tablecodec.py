@@ -124,6 +124,34 @@ def test_index_entries_unique_and_null() -> None:
     assert again.indexes == t.indexes
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.lists(rows, min_size=1, max_size=tc.SMALL_DECODE))
+def test_small_decoder_equals_the_bulk_decoder(batch: list[dict[str, Any]]) -> None:
+    """decode_rows answers a handful of values with a per-value Python path:
+    it must give exactly what the numpy path gives, defaults of later-added
+    columns included."""
+    values = [TABLE.encode_row(r)[1] for r in batch]
+    wider = TABLE.with_column(("added", "INT", True, 7))
+    for table in (TABLE, wider):
+        small = tc.decode_rows(table, values)
+        bulk, known = tc.decode_rows_partial(table, values)
+        assert len(known) == len(values)
+        assert small.schema == bulk.schema
+        assert small.to_pylist() == bulk.to_pylist()
+        some = ["at", "id", "t"]
+        assert tc.decode_rows(table, values, some).to_pylist() == bulk.select(some).to_pylist()
+
+
+def test_small_decoder_refuses_what_the_bulk_decoder_refuses() -> None:
+    value = TABLE.encode_row({"id": 1, "s": "x"})[1]
+    narrow = tc.make_table(7, "every_type", ALL_TYPES[:3], "id")
+    with pytest.raises(SchemaError):
+        tc.decode_rows(narrow, [value])  # ids this schema does not know
+    for bad in (value[:3], value[:-1], b"\x01" + value[1:]):
+        with pytest.raises(RowFormatError):
+            tc.decode_rows(TABLE, [bad])
+
+
 def test_every_type_maps_to_its_arrow_type() -> None:
     assert TABLE.arrow_schema().types == [
         pa.int64(),
