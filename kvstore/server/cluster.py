@@ -146,7 +146,7 @@ class LocalCluster:
         client_tls: TlsConfig | None = None,
         store_args: list[str] | None = None,
         pd_args: list[str] | None = None,
-        startup_timeout: float = 90.0,
+        startup_timeout: float = 180.0,
     ) -> None:
         if pd not in (1, 3):
             raise ClusterError("a cluster has 1 or 3 PD nodes")
