@@ -36,8 +36,10 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import random
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -308,6 +310,8 @@ class Session:
                 self._end(commit=False)
                 if attempt == AUTOCOMMIT_RETRIES - 1:
                     raise
+                # Jittered backoff: the winner of a hot row needs a moment.
+                time.sleep(random.uniform(0, min(0.05, 0.002 * 2**attempt)))
             except BaseException:
                 self._end(commit=False)
                 raise
@@ -483,7 +487,7 @@ class Session:
         tables = self._tables(stmt, txn)
         if lock:
             for t in tables.values():
-                self._mark_written(txn, t, lock_only=True)
+                self._mark_written(txn, t)
         fast = self._point_select(stmt, tables, txn, lock)
         if fast is not None:
             return Result(fast, fast.num_rows)
@@ -541,17 +545,13 @@ class Session:
         keys, values = found
         if lock:
             txn.lock_keys(*keys)  # absent keys too: no write skew through them
-        names = [e.alias_or_name if not isinstance(e, exp.Star) else None for e in stmt.expressions]
-        batch = decode_rows(info, values, cols)
-        out = pa.Table.from_batches([batch])
-        if any(n is not None and n != c for n, c in zip(names, cols, strict=False)) and "*" not in [
-            str(n) for n in names
-        ]:
-            out = out.rename_columns([n or c for n, c in zip(names, cols, strict=True)])
-        return out
+        # Only bare columns and * get here, so the names are the columns'.
+        return pa.Table.from_batches([decode_rows(info, values, cols)])
 
     # ------------------------------------------------------------------ DML
-    def _mark_written(self, txn: Transaction, info: TableInfo, lock_only: bool = False) -> None:
+    def _mark_written(self, txn: Transaction, info: TableInfo) -> None:
+        """``info`` is written (or locked) by ``txn``: its reads go to the row
+        store from now on, and the commit checks its schema version."""
         if info.id not in self._written:
             self._written[info.id] = info
             self.catalog.guard(txn, [info])
