@@ -444,3 +444,21 @@ def test_append_acknowledged_append_missing_from_a_later_read() -> None:
     r = append.check(h.ops)
     assert kinds_of(r) == ["stale-or-lost"]
     assert r.anomalies[0].ops == [2, 0]
+
+
+def test_all_nemesis_injects_every_kind_before_repeating_one() -> None:
+    """``--nemesis all`` cycles through the kinds this machine can run, in
+    a seeded order, so a run of len(kinds) rounds has seen every one."""
+    import random
+
+    from bench.check.nemesis import Nemesis
+
+    n = Nemesis(None, "all", random.Random(3))
+    assert "kill" in n.kinds and "pause" in n.kinds
+    for _ in range(3):
+        rounds = [n._next_kind() for _ in range(len(n.kinds))]
+        assert sorted(rounds) == sorted(n.kinds)
+    again = Nemesis(None, "all", random.Random(3))
+    first = [again._next_kind() for _ in range(len(again.kinds))]
+    n2 = Nemesis(None, "all", random.Random(3))
+    assert [n2._next_kind() for _ in range(len(n2.kinds))] == first  # seeded

@@ -25,7 +25,8 @@ node), wait a few seconds, repair it. Every fault is recorded as an interval
   ``fsync``/``fdatasync`` fail with ``EIO`` for a while, then kill it and
   restart it normally. Evidence: the failed calls, whether the store exited
   by itself, its log lines about the error;
-* ``all``: each round one of the above that is available (the others are
+* ``all``: each round one of the above that is available, every kind once
+  (in a seeded order) before any repeats (the others are
   left out, with the reason in :attr:`Nemesis.left_out`).
 
 :meth:`Nemesis.heal` undoes whatever is in force (resumes, reconnects,
@@ -225,6 +226,7 @@ class Nemesis:
         self._partitioner: Partitioner | None = None
         self.kinds = ["kill", "pause", "partition", "clock", "disk"] if kind == "all" else [kind]
         self.left_out: dict[str, str] = {}  # kind -> why ``all`` runs without it
+        self._queue: list[str] = []
         checks = {
             "partition": partition_unavailable_reason,
             "clock": faults.clock_unavailable_reason,
@@ -259,9 +261,17 @@ class Nemesis:
         if self._thread is not None:
             self._thread.join(timeout=120)
 
+    def _next_kind(self) -> str:
+        """Every kind once, in a seeded order, before any kind repeats: a run
+        of ``len(kinds)`` rounds has seen each fault ``all`` can inject."""
+        if not self._queue:
+            self._queue = list(self.kinds)
+            self.rng.shuffle(self._queue)
+        return self._queue.pop()
+
     def _run(self) -> None:
         while not self._stop.wait(self.rng.uniform(*self.up)):
-            kind = self.rng.choice(self.kinds)
+            kind = self._next_kind()
             if kind == "disk":  # the fsync shim is for row stores (see the docstring)
                 names = sorted(n for n, p in self.cluster.procs.items() if p.info.role == "store")
             else:
