@@ -18,6 +18,7 @@ Modules, bottom-up:
 * :mod:`sql.session` -- statements, transactions, engine routing, EXPLAIN.
 * :mod:`sql.dbapi` -- PEP 249: ``connect``, connections, cursors.
 * :mod:`sql.shell`, :mod:`sql.load` -- ``htapkv sql`` and ``htapkv load``.
+* :mod:`sql.demo` -- the ``htapkv demo`` command and its SQL section.
 
 Invariants: a statement is atomic (it fails whole, writing nothing); both
 engines answer a scan at the transaction's ``start_ts``, so routing changes
