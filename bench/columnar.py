@@ -53,7 +53,15 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.report import add_run_flags, fmt, load_average, positive_float, positive_int
+from bench.report import (
+    BUSY_LOAD_PER_CPU,
+    add_run_flags,
+    busy_warning,
+    fmt,
+    load_average,
+    positive_float,
+    positive_int,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -74,7 +82,6 @@ QUICK_ROWS = 3_000
 QUICK_REPS = 2
 QUICK_LAG_SECONDS = 3.0
 QUICK_LAG_THREADS = 2
-BUSY_LOAD_PER_CPU = 0.5
 MARKER_PAUSE_S = 0.1  # between two marker writes
 STATUS_EVERY_S = 0.25  # Columnar.Status sampling period
 SCAN_MAX_WAIT_S = 120.0  # a timed columnar scan may wait this long before the row store answers
@@ -1280,11 +1287,8 @@ def run(args: argparse.Namespace) -> int:
     cpus = os.cpu_count() or 1
     warnings: list[str] = []
     load_start = load_average()
-    if load_start and load_start[0] > BUSY_LOAD_PER_CPU * cpus:
-        warnings.append(
-            f"the machine was busy at start (load average {load_start[0]:.2f} on {cpus} CPUs): "
-            "other processes compete for the CPUs, so the numbers are noisy"
-        )
+    if busy := busy_warning(load_start):
+        warnings.append(busy)
     for w in warnings:
         err.print(f"[yellow]warning:[/yellow] {w}")
     err.print(

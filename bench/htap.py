@@ -68,7 +68,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench import tpcc
-from bench.report import add_run_flags, fmt, load_average, positive_float, positive_int
+from bench.report import (
+    add_run_flags,
+    busy_warning,
+    fmt,
+    load_average,
+    positive_float,
+    positive_int,
+)
 
 if TYPE_CHECKING:
     import sqlite3
@@ -89,7 +96,6 @@ DEFAULT_SCALE = tpcc.Scale()
 QUICK_SCALE = tpcc.Scale(districts=4, customers=10, items=50, initial_orders=3)
 STATUS_EVERY_S = 0.25
 PROGRESS_EVERY_S = 0.5
-BUSY_LOAD_PER_CPU = 0.5
 SQLITE_BUSY_TIMEOUT_S = 30.0
 MAX_RETRIES = 50
 
@@ -1378,14 +1384,10 @@ def run(args: argparse.Namespace) -> int:
     if args.data_dir:
         os.makedirs(args.data_dir, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="htapkv-bench-htap-", dir=args.data_dir))
-    cpus = os.cpu_count() or 1
     warnings: list[str] = []
     start_load = load_average()
-    if start_load and start_load[0] > BUSY_LOAD_PER_CPU * cpus:
-        warnings.append(
-            f"the machine was busy at start (load average {start_load[0]:.2f} on {cpus} CPUs): "
-            "other processes compete for the CPUs, so the numbers are noisy"
-        )
+    if busy := busy_warning(start_load):
+        warnings.append(busy)
     for w in warnings:
         err.print(f"[yellow]warning:[/yellow] {w}")
     err.print(

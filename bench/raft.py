@@ -60,7 +60,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.report import add_run_flags, fmt, load_average, notes_section, positive_float
+from bench.report import (
+    add_run_flags,
+    busy_warning,
+    fmt,
+    load_average,
+    notes_section,
+    positive_float,
+)
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -85,7 +92,6 @@ LOCAL_ID = 1
 STARTUP_TIMEOUT = 60.0
 LEADER_TIMEOUT = 30.0
 DRIFT_WARNING = 1.25
-BUSY_LOAD_PER_CPU = 0.5
 ERROR_PAUSE = 0.01  # a worker whose write failed waits this long before the next
 LOADS = ("async", "threads")
 DEFAULT_LOAD = "async"
@@ -1012,11 +1018,8 @@ def run(args: argparse.Namespace) -> int:
             "the Raft log flushes reflect a disk (use --data-dir)"
         )
     load_start = load_average()
-    if load_start and load_start[0] > BUSY_LOAD_PER_CPU * (cpus or 1):
-        warnings.append(
-            f"the machine was busy at start (load average {load_start[0]:.2f} on {cpus} CPUs): "
-            "other processes compete for the CPUs and the disk, so the numbers are noisy"
-        )
+    if busy := busy_warning(load_start, "the CPUs and the disk"):
+        warnings.append(busy)
     err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
     for w in warnings:
         err.print(f"[yellow]warning:[/yellow] {w}")

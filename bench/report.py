@@ -249,3 +249,19 @@ def add_run_flags(
     p.add_argument("--data-dir", help=data_dir_help)
     p.add_argument("--keep-data", action="store_true", help=keep_data_help)
     p.add_argument("--quick", action="store_true", help=quick_help)
+
+
+# Warn when the load average exceeds this per CPU: the numbers are then noisy.
+BUSY_LOAD_PER_CPU = 0.5
+
+
+def busy_warning(load: list[float] | None, contended: str = "the CPUs") -> str | None:
+    """The warning every workload prints when the machine is already busy at
+    the start of a run (other processes compete for ``contended``), else None."""
+    cpus = os.cpu_count() or 1
+    if load and load[0] > BUSY_LOAD_PER_CPU * cpus:
+        return (
+            f"the machine was busy at start (load average {load[0]:.2f} on {cpus} CPUs): "
+            f"other processes compete for {contended}, so the numbers are noisy"
+        )
+    return None

@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.report import (
     add_run_flags,
+    busy_warning,
     fmt,
     load_average,
     notes_section,
@@ -83,7 +84,6 @@ BASELINE_OFF = "rocksdict.sync_off.put"
 BASELINE_ON = "rocksdict.sync_on.put"
 AGAIN = ".again"  # id suffix of the baseline puts' second run
 DRIFT_WARNING = 1.25  # warn when the two runs of a baseline differ more than this
-BUSY_LOAD_PER_CPU = 0.5  # warn when the load average at start exceeds this per CPU
 
 Op = Callable[[int], object]
 Prepare = Callable[[int, int], Op]  # (thread index, ops of that thread) -> op(i)
@@ -681,12 +681,8 @@ def run(args: argparse.Namespace) -> int:
             "durable=True rows do not reflect a disk (use --data-dir)"
         )
     load_start = load_average()
-    cpus = os.cpu_count() or 1
-    if load_start and load_start[0] > BUSY_LOAD_PER_CPU * cpus:
-        warnings.append(
-            f"the machine was busy at start (load average {load_start[0]:.2f} on {cpus} CPUs): "
-            "other processes compete for the CPUs and the disk, so the numbers are noisy"
-        )
+    if busy := busy_warning(load_start, "the CPUs and the disk"):
+        warnings.append(busy)
     err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
     for w in warnings:
         err.print(f"[yellow]warning:[/yellow] {w}")

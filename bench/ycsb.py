@@ -66,6 +66,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.report import (
     add_run_flags,
+    busy_warning,
     fmt,
     load_average,
     notes_section,
@@ -103,7 +104,6 @@ QUICK_RECORDS = 200
 QUICK_OPS = 400
 QUICK_CONCURRENCY = 4
 VALUE_POOL = 64
-BUSY_LOAD_PER_CPU = 0.5
 CLIENT_SATURATED = 0.85  # cores of the benchmark process beyond which the client is the limit
 
 # --suite targets
@@ -1043,7 +1043,6 @@ def run(args: argparse.Namespace) -> int:
         os.makedirs(args.data_dir, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="htapkv-bench-ycsb-", dir=args.data_dir))
     data_fs = filesystem_type(base)
-    cpus = os.cpu_count() or 1
     warnings: list[str] = []
     if data_fs in ("tmpfs", "ramfs"):
         warnings.append(
@@ -1051,11 +1050,8 @@ def run(args: argparse.Namespace) -> int:
             "a disk (use --data-dir)"
         )
     load_start = load_average()
-    if load_start and load_start[0] > BUSY_LOAD_PER_CPU * cpus:
-        warnings.append(
-            f"the machine was busy at start (load average {load_start[0]:.2f} on {cpus} CPUs): "
-            "other processes compete for the CPUs and the disk, so the numbers are noisy"
-        )
+    if busy := busy_warning(load_start, "the CPUs and the disk"):
+        warnings.append(busy)
     for w in warnings:
         err.print(f"[yellow]warning:[/yellow] {w}")
 
