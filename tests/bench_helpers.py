@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,3 +28,26 @@ def run_quick_bench(
         env=env,
     )
     return proc, out, data_dir
+
+
+def alive(pid: int) -> bool:
+    """Is ``pid`` a live process (not gone, not a zombie)?"""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def stop_leftover_clusters(data_dir: Path) -> None:
+    """If a benchmark died before its own cleanup, stop the processes it
+    started (each local cluster leaves a cluster.json naming them)."""
+    from kvstore.server.cluster import stop_detached
+
+    if data_dir.exists():
+        for f in data_dir.glob("*/htapkv-cluster/cluster.json"):
+            stop_detached(f.parent)

@@ -7,7 +7,6 @@ numbers exist, the three paths agree, and no process outlives the run.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from bench.columnar import (
     same_answer,
     target_summary,
 )
-from tests.bench_helpers import run_quick_bench
+from tests.bench_helpers import alive, run_quick_bench, stop_leftover_clusters
 
 
 # ---------------------------------------------------------------- pure parts
@@ -67,27 +66,6 @@ def test_a_fallback_is_never_counted_as_the_replica_meeting_a_target() -> None:
 
 
 # ---------------------------------------------------------------- smoke run
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _stop_leftover_clusters(data_dir: Path) -> None:
-    """If the run died before its own cleanup, stop the processes it started."""
-    from kvstore.server.cluster import stop_detached
-
-    if data_dir.exists():
-        for f in data_dir.glob("*/htapkv-cluster/cluster.json"):
-            stop_detached(f.parent)
-
-
 @pytest.mark.slow
 def test_columnar_quick_run_reports_agreeing_answers_and_stops_its_cluster(
     tmp_path: Path,
@@ -95,7 +73,7 @@ def test_columnar_quick_run_reports_agreeing_answers_and_stops_its_cluster(
     try:
         proc, out, data_dir = run_quick_bench("columnar", tmp_path)
     finally:
-        _stop_leftover_clusters(tmp_path / "data")
+        stop_leftover_clusters(tmp_path / "data")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     files = list(out.glob("columnar-*.json"))
     assert len(files) == 1, list(out.iterdir())
@@ -130,5 +108,5 @@ def test_columnar_quick_run_reports_agreeing_answers_and_stops_its_cluster(
     # Every process of the cluster is gone, and so is the data.
     pids = [x["pid"] for x in data["processes"]]
     assert len(pids) == 5 and all(pids)
-    assert not any(_alive(pid) for pid in pids)
+    assert not any(alive(pid) for pid in pids)
     assert not any(data_dir.iterdir())

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from typing import Any
 import pytest
 
 from bench import htap, summarize, tpcc
-from tests.bench_helpers import REPO, run_quick_bench
+from tests.bench_helpers import REPO, alive, run_quick_bench, stop_leftover_clusters
 
 SCALE = tpcc.Scale(districts=2, customers=5, items=20, initial_orders=2)
 
@@ -292,33 +291,12 @@ def test_report_without_results_says_so(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- smoke run
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _stop_leftover_clusters(data_dir: Path) -> None:
-    """If the run died before its own cleanup, stop the processes it started."""
-    from kvstore.server.cluster import stop_detached
-
-    if data_dir.exists():
-        for f in data_dir.glob("*/htapkv-cluster/cluster.json"):
-            stop_detached(f.parent)
-
-
 @pytest.mark.slow
 def test_htap_quick_run_reports_every_section_and_stops_its_cluster(tmp_path: Path) -> None:
     try:
         proc, out, data_dir = run_quick_bench("htap", tmp_path, "--duration", "3")
     finally:
-        _stop_leftover_clusters(tmp_path / "data")
+        stop_leftover_clusters(tmp_path / "data")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     files = list(out.glob("htap-*.json"))
     assert len(files) == 1, list(out.iterdir())
@@ -352,5 +330,5 @@ def test_htap_quick_run_reports_every_section_and_stops_its_cluster(tmp_path: Pa
     assert "targets" in proc.stdout and "consistency (htapkv): ok" in proc.stdout
     pids = [x["pid"] for x in data["processes"]]
     assert len(pids) == 5 and all(pids)
-    assert not any(_alive(pid) for pid in pids)
+    assert not any(alive(pid) for pid in pids)
     assert not any(data_dir.iterdir())
