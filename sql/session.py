@@ -246,14 +246,14 @@ class Session:
                 return self._as_of(stmt, p)
             locking = bool(stmt.args.get("locks"))
             if locking:
-                return self._in_txn(lambda txn: self._query(stmt, p, txn, lock=True), write=True)
+                return self._in_txn(lambda txn: self._query(stmt, p, txn, lock=True))
             return self._read_only(lambda txn: self._query(stmt, p, txn, lock=False))
         if isinstance(stmt, exp.Insert):
-            return self._in_txn(lambda txn: self._insert(stmt, p, txn), write=True)
+            return self._in_txn(lambda txn: self._insert(stmt, p, txn))
         if isinstance(stmt, exp.Update):
-            return self._in_txn(lambda txn: self._update(stmt, p, txn), write=True)
+            return self._in_txn(lambda txn: self._update(stmt, p, txn))
         if isinstance(stmt, exp.Delete):
-            return self._in_txn(lambda txn: self._delete(stmt, p, txn), write=True)
+            return self._in_txn(lambda txn: self._delete(stmt, p, txn))
         raise NotSupportedError(f"statement not supported: {stmt.sql('mysql')[:80]}")
 
     # ------------------------------------------------------------------ txns
@@ -292,7 +292,7 @@ class Session:
         """Does this statement run in a transaction of its own?"""
         return self._txn is None and self.autocommit and not self._explicit
 
-    def _in_txn(self, body: Callable[[Transaction], Result], write: bool) -> Result:
+    def _in_txn(self, body: Callable[[Transaction], Result]) -> Result:
         if not self._implicit():
             txn = self._begin()
             with self._statement(txn):
@@ -342,7 +342,7 @@ class Session:
         assert p.as_of is not None
         snap = Transaction(self.client, p.as_of)
         try:
-            return self._query(stmt, p, snap, lock=False, snapshot=True)
+            return self._query(stmt, p, snap, lock=False)
         finally:
             snap.rollback()
 
@@ -482,7 +482,6 @@ class Session:
         p: _Parsed,
         txn: Transaction,
         lock: bool,
-        snapshot: bool = False,
     ) -> Result:
         tables = self._tables(stmt, txn)
         if lock:
@@ -1034,18 +1033,14 @@ def _row_value(e: exp.Expr, row: Mapping[str, Any], inserted: Mapping[str, Any] 
             and node.name.upper() == "VALUES"
             and inserted is not None
         ):
-            return _lit(inserted[node.expressions[0].name])
+            return to_sql_literal(inserted[node.expressions[0].name])
         if isinstance(node, exp.Column):
             if node.name not in row:
                 raise UnknownColumnError(f"unknown column {node.name!r}")
-            return _lit(row[node.name])
+            return to_sql_literal(row[node.name])
         return node
 
     return literal(e.copy().transform(sub))
-
-
-def _lit(v: Any) -> exp.Expr:
-    return to_sql_literal(v)
 
 
 def _written_names(stmt: exp.Expr) -> list[str] | None:
