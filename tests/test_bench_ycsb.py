@@ -42,7 +42,7 @@ from bench.ycsb_workload import (
     value_pool,
     zeta,
 )
-from tests.bench_helpers import run_quick_bench
+from tests.bench_helpers import alive, run_quick_bench
 
 HAVE_ETCD = shutil.which("etcd") is not None
 HAVE_AETCD = importlib.util.find_spec("aetcd") is not None
@@ -288,26 +288,13 @@ def test_ycsb_peer_etcd_missing_says_how_to_install(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- etcd
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    # A zombie is gone for our purposes; our own children are reaped by close().
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @needs_etcd
 def test_etcd_peer_starts_serves_and_stops(tmp_path: Path) -> None:
     from bench.etcd_peer import EtcdCluster, EtcdKV
 
     with EtcdCluster(tmp_path / "etcd") as cluster:
         pids = cluster.pids
-        assert len(pids) == 3 and all(_alive(p) for p in pids)
+        assert len(pids) == 3 and all(alive(p) for p in pids)
         ports = {m.client_port for m in cluster.members} | {m.peer_port for m in cluster.members}
         assert len(ports) == 6
 
@@ -328,7 +315,7 @@ def test_etcd_peer_starts_serves_and_stops(tmp_path: Path) -> None:
                 await kv.close()
 
         asyncio.run(exercise())
-    assert not any(_alive(p) for p in pids)
+    assert not any(alive(p) for p in pids)
 
 
 @needs_etcd
@@ -339,7 +326,7 @@ def test_etcd_peer_stops_members_when_the_body_fails(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="boom"), EtcdCluster(tmp_path / "etcd") as cluster:
         pids = cluster.pids
         raise RuntimeError("boom")
-    assert pids and not any(_alive(p) for p in pids)
+    assert pids and not any(alive(p) for p in pids)
 
 
 @needs_etcd
@@ -350,7 +337,7 @@ def test_ycsb_quick_beside_etcd(tmp_path: Path) -> None:
     _check_rows(data, "htapkv")
     _check_rows(data, "etcd")
     assert data["peer"]["version"] and len(data["peer"]["pids"]) == 3
-    assert not any(_alive(p) for p in data["peer"]["pids"])
+    assert not any(alive(p) for p in data["peer"]["pids"])
     assert "etcd ops/s" in proc.stdout and "ratio" in proc.stdout
     etcd_all = next(r for r in data["results"] if r["id"] == "etcd.run.all")
     assert etcd_all["cpu"]["peer_servers_s"] > 0
