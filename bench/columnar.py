@@ -1266,7 +1266,12 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from bench.progress import phase_progress
-    from bench.report import command_line, filesystem_type, machine_info, write_results
+    from bench.report import (
+        filesystem_type,
+        machine_info,
+        result_header,
+        write_results,
+    )
 
     err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
     rows = args.rows or (QUICK_ROWS if args.quick else DEFAULT_ROWS)
@@ -1350,12 +1355,7 @@ def run(args: argparse.Namespace) -> int:
         warnings.append("the three paths did not agree on an answer: that is a bug (see notes)")
     libraries = ("htapkv", "pyarrow", "duckdb", "rocksdict", "grpcio", "numpy", "rich")
     data_json: dict[str, Any] = {
-        "benchmark": "columnar",
-        "format_version": 1,
-        "timestamp": started.strftime("%Y%m%d-%H%M%S"),
-        "started_at": started.isoformat(timespec="seconds"),
-        "command": command_line(),
-        "argv": sys.argv,
+        **result_header("columnar", started),
         "parameters": {
             "rows": rows,
             "batch": args.batch,

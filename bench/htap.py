@@ -1369,7 +1369,12 @@ def plot_all(stem: Path, data: dict[str, Any]) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from bench.report import command_line, filesystem_type, machine_info, write_results
+    from bench.report import (
+        filesystem_type,
+        machine_info,
+        result_header,
+        write_results,
+    )
 
     err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
     warehouses = args.warehouses or (QUICK_WAREHOUSES if args.quick else DEFAULT_WAREHOUSES)
@@ -1421,12 +1426,7 @@ def run(args: argparse.Namespace) -> int:
         warnings.append(failure)
     cluster = out.get("cluster", {})
     data: dict[str, Any] = {
-        "benchmark": "htap",
-        "format_version": 1,
-        "timestamp": started.strftime("%Y%m%d-%H%M%S"),
-        "started_at": started.isoformat(timespec="seconds"),
-        "command": command_line(),
-        "argv": sys.argv,
+        **result_header("htap", started),
         "parameters": {
             "warehouses": warehouses,
             "scale": scale.__dict__,

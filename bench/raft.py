@@ -994,7 +994,12 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from bench.progress import phase_progress
-    from bench.report import command_line, filesystem_type, machine_info, write_results
+    from bench.report import (
+        filesystem_type,
+        machine_info,
+        result_header,
+        write_results,
+    )
 
     duration: float = args.duration or (QUICK_DURATION if args.quick else DEFAULT_DURATION)
     warmup = min(1.0, max(0.2, duration / 10))
@@ -1105,12 +1110,7 @@ def run(args: argparse.Namespace) -> int:
 
     target = _target_summary(results, cpus)
     data: dict[str, Any] = {
-        "benchmark": "raft",
-        "format_version": 1,
-        "timestamp": started.strftime("%Y%m%d-%H%M%S"),
-        "started_at": started.isoformat(timespec="seconds"),
-        "command": command_line(),
-        "argv": sys.argv,
+        **result_header("raft", started),
         "parameters": {
             "duration_s": duration,
             "warmup_s": warmup,

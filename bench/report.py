@@ -8,6 +8,7 @@ exact command line) and a Markdown summary next to it.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
@@ -265,3 +266,17 @@ def busy_warning(load: list[float] | None, contended: str = "the CPUs") -> str |
             f"other processes compete for {contended}, so the numbers are noisy"
         )
     return None
+
+
+def result_header(benchmark: str, started: datetime.datetime) -> dict[str, Any]:
+    """The fields every result JSON starts with (``htapkv bench report``
+    reads them): the workload, the file format, when it started, and the
+    exact command line that produced it."""
+    return {
+        "benchmark": benchmark,
+        "format_version": 1,
+        "timestamp": started.strftime("%Y%m%d-%H%M%S"),
+        "started_at": started.isoformat(timespec="seconds"),
+        "command": command_line(),
+        "argv": sys.argv,
+    }

@@ -663,7 +663,12 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from bench.progress import phase_progress
-    from bench.report import command_line, filesystem_type, machine_info, write_results
+    from bench.report import (
+        filesystem_type,
+        machine_info,
+        result_header,
+        write_results,
+    )
 
     ops: int = args.ops or (QUICK_OPS if args.quick else DEFAULT_OPS)
     sync_ops: int = args.sync_ops or max(1, ops // SYNC_DIVISOR)
@@ -720,12 +725,7 @@ def run(args: argparse.Namespace) -> int:
     results = sorted(b.results.values(), key=lambda r: systems.index(r.system))
     target = _target_summary(results)
     data: dict[str, Any] = {
-        "benchmark": "storage",
-        "format_version": 1,
-        "timestamp": started.strftime("%Y%m%d-%H%M%S"),
-        "started_at": started.isoformat(timespec="seconds"),
-        "command": command_line(),
-        "argv": sys.argv,
+        **result_header("storage", started),
         "parameters": {
             "ops": ops,
             "sync_ops": sync_ops,

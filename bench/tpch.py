@@ -327,7 +327,7 @@ def run(args: argparse.Namespace) -> int:
 
     import sql as sqlmod
     from bench.progress import phase_progress
-    from bench.report import command_line, load_average, machine_info, write_results
+    from bench.report import load_average, machine_info, result_header, write_results
 
     err = Console(stderr=True, highlight=False)
     queries = parse_queries(args.queries)
@@ -379,9 +379,7 @@ def run(args: argparse.Namespace) -> int:
     ratios = [r.ratio for r in results if r.ratio is not None and not r.error]
     geomean = statistics.geometric_mean(ratios) if ratios else None
     data: dict[str, Any] = {
-        "benchmark": "tpch",
-        "timestamp": started.strftime("%Y%m%d-%H%M%S"),
-        "command": command_line(),
+        **result_header("tpch", started),
         "parameters": {
             "sf": args.sf,
             "reps": args.reps,

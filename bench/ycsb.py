@@ -1013,7 +1013,12 @@ def run(args: argparse.Namespace) -> int:
 
     from bench.etcd_peer import PeerUnavailableError, find_etcd, import_aetcd
     from bench.progress import phase_progress
-    from bench.report import command_line, filesystem_type, machine_info, write_results
+    from bench.report import (
+        filesystem_type,
+        machine_info,
+        result_header,
+        write_results,
+    )
 
     err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
     if args.suite is None and args.workload is None:
@@ -1092,12 +1097,7 @@ def run(args: argparse.Namespace) -> int:
     target = target_summary(results)
     libraries = ("htapkv", "rocksdict", "grpcio", "protobuf", "aetcd", "rich")
     data: dict[str, Any] = {
-        "benchmark": "ycsb",
-        "format_version": 1,
-        "timestamp": started.strftime("%Y%m%d-%H%M%S"),
-        "started_at": started.isoformat(timespec="seconds"),
-        "command": command_line(),
-        "argv": sys.argv,
+        **result_header("ycsb", started),
         "parameters": {
             "workload": args.workload,
             "suite": args.suite,
