@@ -29,6 +29,7 @@ from pysyncobj import FAIL_REASON, SyncObj, replicated
 from pysyncobj import pickle as syncobj_pickle
 
 from raft.config import RaftConfig
+from raft.lease import LeaderLease
 from raft.log_store import RocksJournal
 from raft.transport import transport_class
 
@@ -263,7 +264,10 @@ class RaftGroup:
         self.snapshots_read = 0
         conf = config.sync_obj_conf(**extra)
         others = [p for p in peers if p != self_addr]
-        self.obj = _Replica(self, self_addr, others, conf, transport_class(driver.hub, group_id))
+        self.lease = LeaderLease(config.election_timeout_min)
+        self.obj = _Replica(
+            self, self_addr, others, conf, transport_class(driver.hub, group_id, self.lease)
+        )
         # A group created while the store's links are already up (after a
         # split) must learn at once that its peers are reachable: pysyncobj
         # only asks its transport while it is not ready, and ours already is.
@@ -343,11 +347,23 @@ class RaftGroup:
         if first:  # later ones find the driver woken already
             self._driver.wake()
 
+    def in_lease(self) -> bool:
+        """Ready leader whose lease (raft/lease.py) holds now: no other
+        replica can have been elected, and every write acknowledged by any
+        leader is in our applied state."""
+        # isLeader before the term: a step-down between the two changes the
+        # term, which the lease check then refuses.
+        return self.is_ready_leader() and self.lease.valid(self.term())
+
     def read_barrier(self, timeout: float | None = None) -> None:
-        """Return once a no-op proposed *after* this call is applied here as
-        leader: everything committed before the call is then in our state,
-        and we were leader when the barrier committed (linearizable reads
-        without a lease). Concurrent readers share one barrier entry."""
+        """Return once a read of our applied state is linearizable: at once
+        under the leader lease, else once a no-op proposed *after* this call
+        is applied here as leader (everything committed before the call is
+        then in our state, and we were leader when the barrier committed).
+        Concurrent readers share one barrier entry."""
+        if self.in_lease():
+            self.lease.lease_reads += 1
+            return
         self.propose(BARRIER, timeout)
 
     def _expire(self, now: float) -> None:
@@ -409,15 +425,20 @@ class RaftGroup:
         return [None if c == BARRIER else next(it) for c in commands]
 
     def campaign(self) -> None:
-        """Start an election from this replica now, as if the leader had sent
-        it Raft's TimeoutNow (what :meth:`transfer_leader` makes the leader
-        send). For an operator or a benchmark on a follower's side; it can
-        only hasten an election, the usual vote rules still decide it."""
+        """Try to become leader, from a follower's side (an operator or a
+        benchmark): ask the current leader to hand leadership over (it sends
+        TimeoutNow once we have caught up); without a known leader, start an
+        election now. Voters that heard from a live leader lately refuse
+        a plain election (raft/lease.py), so only the leader can be asked."""
 
         def start() -> None:
-            if not self.is_learner and not self.obj._isLeader():
-                self.obj._SyncObj__raftElectionDeadline = 0
-                self.obj._SyncObj__transferInProgress = True
+            if self.is_learner or self.obj._isLeader():
+                return
+            leader = self.leader()
+            transport: Any = self.obj._SyncObj__transport
+            if leader is not None and transport.request_transfer(leader):
+                return
+            self.obj._SyncObj__raftElectionDeadline = 0
 
         self._driver.call(start)
 

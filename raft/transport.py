@@ -37,6 +37,8 @@ from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 from pysyncobj.transport import Transport
 
+from raft.lease import ECHO, STAMP, TRANSFER, LeaderLease
+
 log = logging.getLogger(__name__)
 
 RECONNECT_INTERVAL = 0.2
@@ -47,7 +49,9 @@ RECONNECT_INTERVAL = 0.2
 MAX_UNSENT_BYTES = 64 * 1024 * 1024
 # A learner no voter has fed for this long says hello again (seconds).
 LEARNER_HELLO_INTERVAL = 0.5
-_HELLO, _MSG, _LEARNER = 0, 1, 2
+# Frame kinds: introduce the dialling store; a group's Raft message; a
+# learner asking to be fed; a voter asking the leader to hand it leadership.
+_HELLO, _MSG, _LEARNER, _TRANSFER = 0, 1, 2, 3
 
 
 def _never_idle_out(conn: TcpConnection) -> None:
@@ -306,6 +310,8 @@ class StoreTransportHub:
             return  # not (or no longer) hosted here; the sender retries
         if kind == _LEARNER:
             t.on_learner_hello(peer)
+        elif kind == _TRANSFER:
+            t.on_transfer_request(peer)
         else:
             t.deliver(peer, payload)
 
@@ -323,6 +329,7 @@ class MuxTransport(Transport):  # type: ignore[misc]
 
     hub: StoreTransportHub
     group_id: int
+    lease: LeaderLease
 
     def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:
         super().__init__(syncObj, selfNode, otherNodes)
@@ -357,15 +364,34 @@ class MuxTransport(Transport):  # type: ignore[misc]
             # voter (the two are the same node to it).
             self._obj._SyncObj__readonlyNodes.discard(node)
         self._nodes[node.id] = node
+        self.lease.on_voters_changed(self._term(), set(self._nodes))
         if self.hub.link_ready(node.id):
             self.on_link_up(node.id)
 
     def dropNode(self, node: Any) -> None:
         self._nodes.pop(node.id, None)
         self._connected.discard(node.id)
+        self.lease.on_voters_changed(self._term(), set(self._nodes))
 
     def send(self, node: Any, message: Any) -> bool:
+        if isinstance(message, dict):
+            message = self._lease_outgoing(node.id, message)
         return self.hub.send(node.id, self.group_id, _MSG, message)
+
+    def _term(self) -> int:
+        return int(self._obj.raftCurrentTerm)
+
+    def _lease_outgoing(self, addr: str, message: dict[str, Any]) -> dict[str, Any]:
+        """Add the lease fields (raft/lease.py) to a message pysyncobj sends."""
+        kind = message.get("type")
+        if kind == "append_entries":
+            return {**message, STAMP: self.lease.stamp(message["term"])}
+        if kind == "timeout_now":
+            self.lease.revoke(message["term"])
+        elif kind == "request_vote" and self.lease.is_transfer_vote(message["term"]):
+            message = {**message, TRANSFER: True}
+        echo = self.lease.echo_for(addr)
+        return message if echo is None else {**message, ECHO: echo}
 
     def destroy(self) -> None:
         if self.hub.groups.get(self.group_id) is self:
@@ -406,7 +432,34 @@ class MuxTransport(Transport):  # type: ignore[misc]
         if self._self is None:
             self._last_fed = monotonic_time()
         node = self._nodes.get(addr) or self._learners.get(addr) or TCPNode(addr)
+        if not isinstance(message, dict):
+            self._onMessageReceived(node, message)
+            return
+        kind = message.get("type")
+        if kind == "request_vote" and self.lease.refuses_vote(message):
+            return  # sticky: heard from the leader too recently (raft/lease.py)
+        echo = message.get(ECHO)
+        if echo is not None and addr in self._nodes and self._obj._isLeader():
+            self.lease.on_echo(addr, echo, self._term(), set(self._nodes))
         self._onMessageReceived(node, message)
+        if (
+            kind == "append_entries"
+            and message.get("term") == self._term()
+            and self._obj._SyncObj__raftLeader is node
+        ):
+            self.lease.on_append(addr, message)
+        elif kind == "timeout_now" and self._obj._SyncObj__transferInProgress:
+            self.lease.on_timeout_now(int(message["term"]))
+
+    def on_transfer_request(self, addr: str) -> None:
+        """A voter asked for leadership (:meth:`RaftGroup.campaign`): the
+        leader hands it over with timeout_now, giving up its lease."""
+        node = self._nodes.get(addr)
+        if node is not None and self._obj._isLeader():
+            self._obj.transferLeadership(node)
+
+    def request_transfer(self, leader_addr: str) -> bool:
+        return self.hub.send(leader_addr, self.group_id, _TRANSFER, None)
 
     def keep_introducing(self, now: float) -> None:
         """Learner: say hello again while no voter feeds this group. The
@@ -422,7 +475,9 @@ class MuxTransport(Transport):  # type: ignore[misc]
             self.hub.send(addr, self.group_id, _LEARNER, None)
 
 
-def transport_class(hub: StoreTransportHub, group_id: int) -> type[MuxTransport]:
-    """A MuxTransport subclass bound to ``hub`` and ``group_id`` (pysyncobj
-    instantiates the transport class itself)."""
-    return type("MuxTransport", (MuxTransport,), {"hub": hub, "group_id": group_id})
+def transport_class(
+    hub: StoreTransportHub, group_id: int, lease: LeaderLease
+) -> type[MuxTransport]:
+    """A MuxTransport subclass bound to ``hub``, ``group_id`` and the
+    replica's ``lease`` (pysyncobj instantiates the transport class itself)."""
+    return type("MuxTransport", (MuxTransport,), {"hub": hub, "group_id": group_id, "lease": lease})
