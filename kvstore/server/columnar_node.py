@@ -14,8 +14,9 @@ stopping.
 
 ``Columnar.Scan`` is TiFlash's learner read, per Region of the table:
 
-1. ask the Region's leader for its read index (``ReadIndex``: a read barrier
-   there, so it is as fresh as a leader read);
+1. ask the Region's leader for its read index (``ReadIndex``: under the
+   leader's lease, or through a read barrier, as fresh as a leader read); the
+   learner's replica knows the leader, PD is asked only when that fails;
 2. wait until this learner has applied that index (``max_wait_ms``, else
    ``DataIsNotReady``: the caller may read the row store instead);
 3. lock check at ``ts`` (``KeyIsLocked`` to the client, which resolves and
@@ -144,6 +145,9 @@ class ColumnarService:
         self._mu = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
         self._pool = ThreadPoolExecutor(CATCH_UP_THREADS, thread_name_prefix="learner-read")
+        # Where the leaders are: store id by Raft address, kv address by id.
+        self._raft_to_store: dict[str, int] = {}
+        self._kv_addrs: dict[int, str] = {}
         self.freshness: dict[int, _Freshness] = {}
 
     # ------------------------------------------------------------ read index
@@ -158,34 +162,70 @@ class ColumnarService:
 
     def read_index(self, region: Region, deadline: float) -> int:
         """The leader's read index for ``region`` (this learner's view of it),
-        retrying leader changes until ``deadline``."""
+        retrying leader changes until ``deadline``.
+
+        The learner's own replica usually knows the leader (it is fed by
+        it): ask that store directly with our epoch, which the leader checks.
+        PD is asked only when that fails (no leader heard of, a store we do
+        not know, a leader change or a split in between)."""
         last: BaseException | None = None
+        use_pd = False
         while time.monotonic() < deadline:
             try:
-                found = self.pd.get_region_by_id(region.id)
-                if found is None or not found[1]:
-                    raise DataIsNotReadyError(region.id, reason="leader unknown")
-                current, leader_store = found[0], int(found[1])
-                if current.epoch != region.epoch:
-                    raise DataIsNotReadyError(region.id, reason="region changed; learner behind")
-                store = self.pd.get_store(leader_store)
-                if store is None:
-                    raise DataIsNotReadyError(region.id, reason="leader store unknown")
-                leader = next(p for p in current.peers if p.store_id == leader_store)
-                ctx = RequestContext(region.id, current.epoch, leader)
+                ctx, addr = self._pd_route(region) if use_pd else self._local_route(region)
                 stub = GrpcKvBackend(
-                    store.address,
+                    addr,
                     functools.partial(lambda c: c, ctx),
-                    channel=self._channel(store.address),
+                    channel=self._channel(addr),
                     timeout=5.0,
                 )
                 return stub.read_index()
             except (RegionError, grpc.RpcError) as e:
                 last = e
-                time.sleep(0.02)  # an election or a PD refresh: try again shortly
+                if use_pd:
+                    time.sleep(0.02)  # an election or a PD refresh: try again shortly
+                use_pd = True
         if isinstance(last, DataIsNotReadyError):
             raise last
         raise DataIsNotReadyError(region.id, reason=f"no read index from the leader ({last})")
+
+    def _local_route(self, region: Region) -> tuple[RequestContext, str]:
+        peer = self.store.peers.get(region.id)
+        group = peer.group if peer is not None else None
+        leader_raft = group.leader() if group is not None else None
+        if leader_raft is None:
+            raise DataIsNotReadyError(region.id, reason="no leader heard of")
+        store_id = self._store_by_raft_addr(leader_raft)
+        leader = next((p for p in region.peers if p.store_id == store_id), None)
+        if leader is None or store_id not in self._kv_addrs:
+            raise DataIsNotReadyError(region.id, reason="leader store unknown here")
+        return RequestContext(region.id, region.epoch, leader), self._kv_addrs[store_id]
+
+    def _store_by_raft_addr(self, raft_addr: str) -> int | None:
+        for _ in range(2):
+            sid = self._raft_to_store.get(raft_addr)
+            if sid is not None:
+                return sid
+            with self._mu:  # a store we have not met: ask PD once for them all
+                for st in self.pd.get_all_stores(exclude_tombstone=True):
+                    if st.raft_address:
+                        self._raft_to_store[st.raft_address] = st.id
+                    self._kv_addrs[st.id] = st.address
+        return None
+
+    def _pd_route(self, region: Region) -> tuple[RequestContext, str]:
+        found = self.pd.get_region_by_id(region.id)
+        if found is None or not found[1]:
+            raise DataIsNotReadyError(region.id, reason="leader unknown")
+        current, leader_store = found[0], int(found[1])
+        if current.epoch != region.epoch:
+            raise DataIsNotReadyError(region.id, reason="region changed; learner behind")
+        store = self.pd.get_store(leader_store)
+        if store is None:
+            raise DataIsNotReadyError(region.id, reason="leader store unknown")
+        self._kv_addrs[store.id] = store.address  # it may have moved
+        leader = next(p for p in current.peers if p.store_id == leader_store)
+        return RequestContext(region.id, current.epoch, leader), store.address
 
     def _catch_up(self, region: Region, deadline: float) -> None:
         """Wait until this learner has applied ``region`` up to its leader's

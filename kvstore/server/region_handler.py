@@ -209,8 +209,8 @@ class RegionKvHandler:
         )
 
     def read_index(self, ctx: RequestContext) -> int:
-        """Prove leadership now (a read barrier) and answer the log index
-        applied then: a learner that has applied up to it holds every write
+        """Prove leadership now (the leader lease, else a read barrier) and
+        answer the log index applied then: a learner that has applied up to it holds every write
         acknowledged before this call."""
         h = self._route(ctx)
         h.read_barrier()
