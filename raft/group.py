@@ -190,6 +190,17 @@ class _Replica(SyncObj):  # type: ignore[misc]
     # the follower truncate and rewrite) entries in flight. Keep nextIndex
     # from going backwards on a *successful* acknowledgement.
     def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
+        if (
+            isinstance(message, dict)
+            and message.get("transmission") in ("process", "finish")
+            and not isinstance(self._SyncObj__recvTransmission, bytes)
+        ):
+            # A later chunk of an entry whose first chunk we never took: a
+            # deposed leader's chunks, still arriving on its own link after
+            # the new leader's whole entry (seen under load). pysyncobj would
+            # append bytes to its str placeholder and crash the driver loop;
+            # nothing is lost by dropping it (a current leader resends).
+            return
         if isinstance(message, dict) and message.get("transmission") == "finish":
             # pysyncobj cuts an entry of appendEntriesBatchSizeBytes or more
             # into chunks and marks the last one by comparing with the

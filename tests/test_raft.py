@@ -484,3 +484,35 @@ def test_large_entries_reach_every_replica(
     # and a resend.
     failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not failures, failures[0].getMessage()
+
+
+def test_a_stray_chunk_of_a_large_entry_is_dropped(
+    cluster: list[Node], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A deposed leader's last chunks can arrive after the new leader's whole
+    entry (two links): a 'process' or 'finish' without its 'start' must not
+    crash the driver loop."""
+    leader = leader_of(cluster, 1)
+    follower_node = next(n for n in cluster if n.groups[1] is not leader)
+    follower = follower_node.groups[1]
+    sender = next(iter(follower.obj._SyncObj__otherNodes))
+    for kind in ("process", "finish"):
+        stray = {
+            "type": "append_entries",
+            "transmission": kind,
+            "data": b"\x80\x05tail",
+            "term": follower.term(),
+            "commit_index": 0,
+            "prevLogIdx": 1,
+            "prevLogTerm": 1,
+        }
+        follower_node.driver.call(
+            lambda m=stray: follower.obj._SyncObj__onMessageReceived(sender, m)
+        )
+    propose(cluster, 1, b"after the stray chunks")
+    wait_for(
+        lambda: all(n.machines[1].commands()[-1:] == [b"after the stray chunks"] for n in cluster),
+        what="the entry on every replica",
+    )
+    failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not failures, failures[0].getMessage()
