@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
+from pyarrow import acero
 
 from kvstore.errors import InvalidArgumentError
 
@@ -39,16 +41,36 @@ def _check(aggs: Sequence[Agg]) -> None:
             raise InvalidArgumentError("only count takes '*'")
 
 
-def partial_aggregate(table: pa.Table, keys: Sequence[str], aggs: Sequence[Agg]) -> pa.Table:
-    """Group ``table`` by ``keys`` (none: one global group) and aggregate."""
+def partial_aggregate(
+    table: pa.Table,
+    keys: Sequence[str],
+    aggs: Sequence[Agg],
+    predicate: pc.Expression | None = None,
+) -> pa.Table:
+    """Group ``table`` by ``keys`` (none: one global group) and aggregate,
+    over the rows ``predicate`` keeps (all without one). One Acero plan:
+    the filtered rows are never materialised. Dictionary-encoded keys come
+    out decoded (a caller encodes string keys to group faster)."""
     _check(aggs)
-    spec: list[tuple[str | list[str], str]] = []
-    for col, fn in aggs:
-        spec.append(([], "count_all") if col == "*" else (col, fn))
-    out = table.group_by(list(keys), use_threads=False).aggregate(spec)
-    # Acero puts the keys first, then the aggregates in order, as
-    # "{col}_{fn}" / "count_all": rename by position.
-    return out.rename_columns([*keys, *(_name(a) for a in aggs)])
+    names = [_name(a) for a in aggs]
+    prefix = "hash_" if keys else ""
+    spec = [
+        ([], prefix + "count_all", None, name) if col == "*" else (col, prefix + fn, None, name)
+        for (col, fn), name in zip(aggs, names, strict=True)
+    ]
+    plan = [acero.Declaration("table_source", acero.TableSourceNodeOptions(table))]
+    if predicate is not None:
+        plan.append(acero.Declaration("filter", acero.FilterNodeOptions(predicate)))
+    plan.append(acero.Declaration("aggregate", acero.AggregateNodeOptions(spec, keys=list(keys))))
+    out = acero.Declaration.from_sequence(plan).to_table(use_threads=False)
+    # Keys first, then the aggregates in order (named above); a grouping
+    # plan lists the keys after the aggregates in some versions: by name.
+    out = out.select([*keys, *names])
+    for i, name in enumerate(keys):
+        col = out[name]
+        if pa.types.is_dictionary(col.type):
+            out = out.set_column(i, name, col.cast(col.type.value_type))
+    return out
 
 
 def merge_partials(parts: Sequence[pa.Table], keys: Sequence[str], aggs: Sequence[Agg]) -> pa.Table:

@@ -29,8 +29,10 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from columnar.aggregate import Agg, partial_aggregate
 from columnar.segment import (
     HIDDEN,
+    LatestView,
     TableData,
     merge,
     prune,
@@ -55,6 +57,7 @@ from kvstore.storage.engine import (
     OP_PUT,
 )
 from kvstore.tablecodec import (
+    ColumnInfo,
     TableInfo,
     decode_row_key,
     decode_table_meta_key,
@@ -72,6 +75,16 @@ RAW_FLUSH_ROWS = 65536
 MAX_DELTAS = 8
 
 Op = tuple[int, str, bytes, bytes | None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    """What a read reads, taken under the lock (see ``_snapshot``)."""
+
+    info: TableInfo
+    parts: list[pa.Table]
+    is_sorted: bool
+    view: LatestView | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,6 +400,52 @@ class ColumnarStore:
         passing ``bypass_locks`` as for the row store),
         :class:`GcTooEarlyError` below the GC safe point,
         :class:`TableNotFoundError` if no schema is known."""
+        snap = self._snapshot(table, ts, bypass_locks)
+        info = snap.info
+        if not snap.parts:
+            return info.arrow_schema(columns).empty_table()
+        if snap.view is not None:
+            need = _needed(info, columns, predicate, predicate_columns)
+            return _finish(snap.view.table(need), info, columns, predicate)
+        return _select(snap.parts, snap.is_sorted, info, ts, columns, predicate, predicate_columns)
+
+    def aggregate(
+        self,
+        table: int | str | TableInfo,
+        ts: int,
+        group_by: Sequence[str],
+        aggregates: Sequence[Agg],
+        predicate: pc.Expression | None = None,
+        bypass_locks: Collection[int] = (),
+        predicate_columns: Sequence[str] | None = None,
+    ) -> pa.Table:
+        """:func:`columnar.aggregate.partial_aggregate` of what :meth:`read`
+        returns for the same arguments. On a stable base it runs as one Acero
+        plan (filter, then group) without materialising the filtered rows,
+        and groups string keys by their dictionary codes."""
+        snap = self._snapshot(table, ts, bypass_locks)
+        info = snap.info
+        wanted = list(dict.fromkeys([*group_by, *(c for c, _ in aggregates if c != "*")]))
+        if snap.view is not None:
+            need = _needed(info, wanted, predicate, predicate_columns)
+            strings = [c.name for c in need if c.name in group_by and c.kind.value == "string"]
+            rows = snap.view.table(need, strings)
+            return partial_aggregate(rows, group_by, aggregates, predicate)
+        if not snap.parts:
+            rows = info.arrow_schema(wanted or None).empty_table()
+        else:
+            rows = _select(
+                snap.parts, snap.is_sorted, info, ts, wanted or None, predicate, predicate_columns
+            )
+        return partial_aggregate(rows, group_by, aggregates)
+
+    def _snapshot(
+        self, table: int | str | TableInfo, ts: int, bypass_locks: Collection[int]
+    ) -> _Snapshot:
+        """Under the lock: the checks every read makes (positive ts, safe
+        point, schema, locks, undecoded rows), then the parts to read, and
+        the stable base's :class:`LatestView` if it alone answers at ``ts``
+        (the view is computed, when new, after releasing the lock)."""
         if not isinstance(ts, int) or isinstance(ts, bool) or ts <= 0:
             raise InvalidArgumentError("read timestamp must be a positive int")
         with self._mu:
@@ -401,20 +460,21 @@ class ColumnarStore:
                 tid = out_info.id
             self._check_locks(tid, ts, bypass_locks)
             td = self._tables.get(tid)
-            parts: list[pa.Table] = []
-            if td is not None:
-                decode_info = self._decode_schema(tid, out_info)
-                td.flush(decode_info)
-                if td.raw_visible_at(ts):
-                    raise SchemaError(
-                        f"rows of table #{tid} were written by a schema this replica has not "
-                        "applied yet; wait for the log and retry"
-                    )
-                parts = td.parts()
-                is_sorted = not td.deltas
-        if not parts:
-            return out_info.arrow_schema(columns).empty_table()
-        return _select(parts, is_sorted, out_info, ts, columns, predicate, predicate_columns)
+            if td is None:
+                return _Snapshot(out_info, [], False, None)
+            td.flush(self._decode_schema(tid, out_info))
+            if td.raw_visible_at(ts):
+                raise SchemaError(
+                    f"rows of table #{tid} were written by a schema this replica has not "
+                    "applied yet; wait for the log and retry"
+                )
+            parts = td.parts()
+            stable = td.stable if not td.deltas else None
+        if stable is None:
+            return _Snapshot(out_info, parts, False, None)
+        # The base alone: sorted, and maybe answered by its view.
+        view = td.view_of(stable)
+        return _Snapshot(out_info, parts, True, view if ts >= view.max_ts else None)
 
     def _check_locks(self, table_id: int, ts: int, bypass: Collection[int]) -> None:
         locks = self._locks.get(table_id)
@@ -477,6 +537,33 @@ class ColumnarStore:
             }
 
 
+def _needed(
+    info: TableInfo,
+    columns: Sequence[str] | None,
+    predicate: pc.Expression | None,
+    predicate_columns: Sequence[str] | None,
+) -> list[ColumnInfo]:
+    """The columns a read must take: the answer's, plus the predicate's. The
+    predicate may name any column: without its list, take them all."""
+    out_cols = list(info.columns) if columns is None else [info.column(n) for n in columns]
+    if predicate is None:
+        return out_cols
+    if predicate_columns is None:
+        return list(info.columns)
+    wanted = {c.name for c in out_cols} | set(predicate_columns)
+    return [c for c in info.columns if c.name in wanted]
+
+
+def _finish(
+    t: pa.Table, info: TableInfo, columns: Sequence[str] | None, predicate: pc.Expression | None
+) -> pa.Table:
+    """Filter the visible rows ``t`` and project the answer's columns."""
+    if predicate is not None:
+        t = t.filter(predicate)
+    t = t.select(list(info.column_names) if columns is None else list(columns))
+    return t.combine_chunks() if t.num_rows else t
+
+
 def _select(
     parts: list[pa.Table],
     is_sorted: bool,
@@ -486,25 +573,13 @@ def _select(
     predicate: pc.Expression | None,
     predicate_columns: Sequence[str] | None = None,
 ) -> pa.Table:
-    out_cols = list(info.columns) if columns is None else [info.column(n) for n in columns]
-    # The predicate may name any column: without its list, take them all and
-    # project after; with it, only the columns the answer or the filter need.
-    if predicate is None:
-        need = out_cols
-    elif predicate_columns is None:
-        need = list(info.columns)
-    else:
-        wanted = {c.name for c in out_cols} | set(predicate_columns)
-        need = [c for c in info.columns if c.name in wanted]
+    need = _needed(info, columns, predicate, predicate_columns)
     t = merge(parts, need)
     t, idx = visible_indices(t, ts, is_sorted=is_sorted)
     t = t.drop_columns(list(HIDDEN)).take(pa.array(idx))
     t = t.rename_columns([c.name for c in need])
     t = t.cast(pa.schema([c.arrow_field for c in need]))
-    if predicate is not None:
-        t = t.filter(predicate)
-        t = t.select([c.name for c in out_cols])
-    return t.combine_chunks() if t.num_rows else t
+    return _finish(t, info, columns, predicate)
 
 
 __all__ = ["GC_SAFE_POINT_KEY", "ColumnarStore"]

@@ -12,6 +12,13 @@ nullable (a delete mark has no values).
 * **stable**: one Arrow table sorted by ``(_handle, _commit_ts desc)``,
   versions the GC safe point hides already dropped.
 
+A read at a ts at or above every commit of the stable base (the usual
+analytic read: a fresh ts, no deltas since the last compaction) sees the
+same rows whatever the ts: :class:`LatestView` computes their MVCC filter
+once per base and materialises their columns on first use, so such reads
+skip the filter, and a base whose every version is visible is read without
+a copy.
+
 The functions here are pure Arrow transformations; locking is the engine's.
 """
 
@@ -54,7 +61,16 @@ def _constant(col: ColumnInfo, n: int) -> pa.Array:
 class TableData:
     """Versions of one table (see the module docstring)."""
 
-    __slots__ = ("deltas", "epoch", "raw_handles", "raw_ts", "raw_values", "stable", "table_id")
+    __slots__ = (
+        "_view",
+        "deltas",
+        "epoch",
+        "raw_handles",
+        "raw_ts",
+        "raw_values",
+        "stable",
+        "table_id",
+    )
 
     def __init__(self, table_id: int) -> None:
         self.table_id = table_id
@@ -66,6 +82,18 @@ class TableData:
         # Bumped by destructive changes (delete_range): a compaction computed
         # from older parts must not be installed.
         self.epoch = 0
+        self._view: LatestView | None = None
+
+    def view_of(self, stable: pa.Table) -> LatestView:
+        """The :class:`LatestView` of ``stable`` (a base this table had),
+        kept for the next read while it is the current base. A new one runs
+        the MVCC filter: call this without the engine's lock held."""
+        view = self._view
+        if view is None or view.stable is not stable:
+            view = LatestView(stable)
+            if self.stable is stable:
+                self._view = view
+        return view
 
     def add(self, handle: bytes, commit_ts: int, value: bytes | None) -> None:
         self.raw_handles.append(handle)
@@ -209,3 +237,57 @@ def prune(t: pa.Table, safe_point: int) -> pa.Table:
     dead = t[DELETE_MARK].to_numpy()
     keep = ~le | (first_le & ~dead)
     return t if keep.all() else t.filter(pa.array(keep))
+
+
+class LatestView:
+    """The rows of a stable base visible at every ts >= :attr:`max_ts` (the
+    newest commit in it), column by column, each column taken (and
+    dictionary-encoded, for grouping) once, on first use. Immutable as far
+    as readers can tell: two threads may compute the same column, and either
+    result is right."""
+
+    def __init__(self, stable: pa.Table) -> None:
+        self.stable = stable
+        n = stable.num_rows
+        self.max_ts = int(pc.max(stable[COMMIT_TS]).as_py()) if n else 0
+        _, idx = visible_indices(stable, self.max_ts, is_sorted=True)
+        self.num_rows = len(idx)
+        # Every version visible (one per handle, no deletes): no copy at all.
+        self._take = None if len(idx) == n else pa.array(idx)
+        self._columns: dict[tuple[int, str], pa.ChunkedArray] = {}
+        self._dictionaries: dict[tuple[int, str], pa.ChunkedArray] = {}
+
+    def column(self, col: ColumnInfo) -> pa.ChunkedArray:
+        key = (col.id, str(col.arrow_type))
+        got = self._columns.get(key)
+        if got is None:
+            name = col_name(col)
+            if name in self.stable.column_names:
+                arr = self.stable[name]
+            else:  # added after this base was written: its default
+                arr = pa.chunked_array([_constant(col, self.stable.num_rows)])
+            if self._take is not None:
+                arr = arr.take(self._take)
+            if arr.type != col.arrow_type:
+                arr = arr.cast(col.arrow_type)
+            got = self._columns[key] = arr
+        return got
+
+    def dictionary(self, col: ColumnInfo) -> pa.ChunkedArray:
+        """:meth:`column`, dictionary-encoded (grouping by the small integer
+        codes is several times faster than hashing the strings)."""
+        key = (col.id, str(col.arrow_type))
+        got = self._dictionaries.get(key)
+        if got is None:
+            got = self._dictionaries[key] = pc.dictionary_encode(self.column(col))
+        return got
+
+    def table(self, columns: Sequence[ColumnInfo], dictionary: Sequence[str] = ()) -> pa.Table:
+        """The visible rows of ``columns``, named by column name; those named
+        in ``dictionary`` dictionary-encoded."""
+        arrays = [self.dictionary(c) if c.name in dictionary else self.column(c) for c in columns]
+        fields = [
+            pa.field(c.name, a.type, nullable=c.arrow_field.nullable)
+            for c, a in zip(columns, arrays, strict=True)
+        ]
+        return pa.Table.from_arrays(arrays, schema=pa.schema(fields))

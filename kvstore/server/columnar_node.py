@@ -51,7 +51,6 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from columnar import ColumnarStore
-from columnar.aggregate import partial_aggregate
 from kvstore import codec, tablecodec
 from kvstore.client.columnar import predicate_expression, predicate_from_pb
 from kvstore.client.grpc_backend import GrpcKvBackend
@@ -292,14 +291,28 @@ class ColumnarService:
         columns = list(req.columns) or None
         preds = predicate_from_pb(req.predicates)
         try:
-            table = self.columnar.read(
-                info,
-                req.ts,
-                columns,
-                predicate_expression(preds, info.arrow_schema()),
-                list(req.bypass_locks),
-                predicate_columns=[p[0] for p in preds],
-            )
+            predicate = predicate_expression(preds, info.arrow_schema())
+            pred_cols = [p[0] for p in preds]
+            if req.aggregates:
+                aggs = [(a.column or "*", a.func) for a in req.aggregates]
+                table = self.columnar.aggregate(
+                    info,
+                    req.ts,
+                    list(req.group_by),
+                    aggs,
+                    predicate,
+                    list(req.bypass_locks),
+                    predicate_columns=pred_cols,
+                )
+            else:
+                table = self.columnar.read(
+                    info,
+                    req.ts,
+                    columns,
+                    predicate,
+                    list(req.bypass_locks),
+                    predicate_columns=pred_cols,
+                )
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, KeyError) as e:
             # A predicate that does not fit the column (a string against a
             # number, an unknown column): the caller's mistake.
@@ -309,9 +322,6 @@ class ColumnarService:
             peer = self.store.peers.get(r.id)
             if peer is None or peer.region.epoch != r.epoch:
                 raise DataIsNotReadyError(r.id, reason="region changed during the read")
-        if req.aggregates:
-            aggs = [(a.column or "*", a.func) for a in req.aggregates]
-            table = partial_aggregate(table, list(req.group_by), aggs)
         return table
 
     def _scan(
