@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 
 SCAN_PATH = "/htapkv.columnarpb.Columnar/Scan"
 DEFAULT_MAX_WAIT_S = 5.0
+# How long the list of columnar nodes PD gave is used before asking again
+# (a failed scan asks at once).
+NODES_TTL_S = 10.0
 _OPS = ("=", "!=", "<", "<=", ">", ">=", "is_null", "not_null")
 _AGGS = ("sum", "count", "min", "max")
 
@@ -185,13 +188,20 @@ class ColumnarReader:
         self._mu = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
         self.fallbacks = 0  # how many scans the row store answered
+        self._known: tuple[float, list[str]] = (0.0, [])  # (asked PD at, columnar nodes)
 
-    def _nodes(self) -> list[str]:
-        return [
-            s.address
-            for s in self.pd.get_all_stores(exclude_tombstone=True)
-            if any((lb.key, lb.value) == ("engine", "columnar") for lb in s.labels)
-        ]
+    def _nodes(self, refresh: bool = False) -> list[str]:
+        """The columnar nodes' addresses, as PD last said (asked again after
+        :data:`NODES_TTL_S`, or when ``refresh``: a node failed us)."""
+        asked, nodes = self._known
+        if refresh or not nodes or time.monotonic() - asked > NODES_TTL_S:
+            nodes = [
+                s.address
+                for s in self.pd.get_all_stores(exclude_tombstone=True)
+                if any((lb.key, lb.value) == ("engine", "columnar") for lb in s.labels)
+            ]
+            self._known = (time.monotonic(), nodes)
+        return nodes
 
     def _channel(self, addr: str) -> grpc.Channel:
         with self._mu:
@@ -246,7 +256,7 @@ class ColumnarReader:
         attempt = 0
         why = "no columnar node"
         while time.monotonic() < deadline:
-            nodes = self._nodes()
+            nodes = self._nodes(refresh=attempt > 0)
             if not nodes:
                 break
             del req.bypass_locks[:]

@@ -248,6 +248,24 @@ class ColumnarService:
         fresh.behind_since = 0.0
 
     # ------------------------------------------------------------ scan
+    def _catch_up_all(
+        self, regions: list[Region], deadline: float, caught: dict[int, Region]
+    ) -> None:
+        """:meth:`_catch_up` each of ``regions`` not in ``caught`` (same
+        epoch) yet, in parallel; record them there."""
+        todo = {r.id: r for r in regions if caught.get(r.id) != r}
+        for f in [self._pool.submit(self._catch_up, r, deadline) for r in todo.values()]:
+            f.result()
+        caught.update(todo)
+
+    def _guess_regions(self, table: str) -> list[Region]:
+        """The Regions of ``table`` by the schema this learner has applied
+        (none if it knows no such table or lacks some of its Regions)."""
+        try:
+            return self._regions_of(self.columnar.table_info(table).id)
+        except KVError:
+            return []
+
     def _regions_of(self, table_id: int) -> list[Region]:
         lo, hi = tablecodec.row_range(table_id)
         start, end = codec.txn_key(lo), codec.txn_key(hi)
@@ -273,8 +291,12 @@ class ColumnarService:
             raise InvalidArgumentError("Scan needs a table and a positive ts")
         wait_s = (req.max_wait_ms or DEFAULT_MAX_WAIT_MS) / 1000
         deadline = time.monotonic() + wait_s
-        # The schema first: the table's DDL (or a later ADD COLUMN) may be
-        # newer than what this learner applied of the Region holding it.
+        # The schema's Region and the table's Regions, each caught up to its
+        # leader's read index, all at once (each is an RPC to a leader). The
+        # table's Regions are first guessed from the schema this learner has
+        # (the DDL, or a later ADD COLUMN, may be newer than what it applied);
+        # once the schema's Region is caught up, the schema is authoritative,
+        # and any Region the guess missed is caught up then.
         name_key = codec.txn_key(tablecodec.table_name_key(req.table))
         meta_region = next(
             (p.region for p in list(self.store.peers.values()) if p.region.contains(name_key)),
@@ -282,12 +304,11 @@ class ColumnarService:
         )
         if meta_region is None:
             raise DataIsNotReadyError(0, reason="this node does not host the schema's Region yet")
-        self._catch_up(meta_region, deadline)
+        caught: dict[int, Region] = {}
+        self._catch_up_all([meta_region, *self._guess_regions(req.table)], deadline, caught)
         info = self.columnar.table_info(req.table, req.ts, list(req.bypass_locks))
         regions = self._regions_of(info.id)
-        # Every Region's read index at once: each is a Raft round on its leader.
-        for f in [self._pool.submit(self._catch_up, r, deadline) for r in regions]:
-            f.result()
+        self._catch_up_all(regions, deadline, caught)
         columns = list(req.columns) or None
         preds = predicate_from_pb(req.predicates)
         try:
