@@ -114,6 +114,7 @@ class RaftDriver:
         self.raft_addr = self.hub.self_addr  # the real port if 0 was asked for
         self._deferred: list[Callable[[], None]] = []
         self._appends: dict[RaftGroup, None] = {}  # groups whose appends are due (ordered)
+        self._timers: dict[RaftGroup, float] = {}  # group -> when to send its appends
         self._calls: list[tuple[Callable[[], Any], threading.Event, list[Any]]] = []
         self._calls_lock = threading.Lock()
         self._loop_cv = threading.Condition()
@@ -158,6 +159,7 @@ class RaftDriver:
             if g is None:
                 return
             g.destroyed = True
+            self._timers.pop(g, None)
             g.fail_pending("group removed")
             g.obj._doDestroy()
             if drop_log:
@@ -190,6 +192,24 @@ class RaftDriver:
         """Driver thread: send ``group``'s appends at the end of this loop's
         ticks (see ``_Replica._SyncObj__sendAppendEntries``)."""
         self._appends[group] = None
+
+    def wake_at(self, when: float, group: RaftGroup) -> None:
+        """Driver thread: have ``group`` send its appends again at ``when``
+        (``time.monotonic()``), waking up for it if idle."""
+        due = self._timers.get(group)
+        if due is None or when < due:
+            self._timers[group] = when
+
+    def _run_timers(self, now: float) -> None:
+        for g, due in list(self._timers.items()):
+            if due <= now:
+                del self._timers[g]
+                self._want_appends(g)
+
+    def _poll_timeout(self) -> float:
+        if not self._timers:
+            return self.idle_wait
+        return max(0.0, min(self.idle_wait, min(self._timers.values()) - time.monotonic()))
 
     def _send_appends(self) -> None:
         while self._appends:
@@ -269,12 +289,14 @@ class RaftDriver:
             g._drain()
         self.hub.tick()
         now = time.monotonic()
+        if self._timers:
+            self._run_timers(now)
         for g in groups:
             g.obj.doTick(0.0)
             g._expire(now)
         self._send_appends()
         self._flush()
-        self._poller.poll(self.idle_wait)
+        self._poller.poll(self._poll_timeout())
         with self._loop_cv:
             self._loops += 1
             self._loop_cv.notify_all()

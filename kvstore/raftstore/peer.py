@@ -159,6 +159,8 @@ class Peer:
             self.observer.on_apply(self.region, index, batch.ops)
         for left, right in splits:
             self._on_split(left, right)
+        if changes and self.group is not None:
+            self.group.hurry_commit()  # the replicas concerned act on it when they apply it
         if self._on_change is not None:
             for changed, change in changes:
                 self._on_change(changed, change)
