@@ -132,9 +132,12 @@ class RaftDriver:
         config: RaftConfig,
         *,
         learner: bool = False,
+        fresh: bool = False,
     ) -> RaftGroup:
         """Host a replica of group ``group_id`` whose voters are the stores at
-        ``voters`` (Raft addresses, this one's included unless ``learner``)."""
+        ``voters`` (Raft addresses, this one's included unless ``learner``).
+        ``fresh``: the replica never existed before (a split creates it), so
+        it may vote at once (see raft/lease.py: a restarted one may not)."""
         self_addr = None if learner else self.raft_addr
 
         def make() -> RaftGroup:
@@ -144,7 +147,16 @@ class RaftDriver:
                 _syncobj.createPoller = lambda _t: _NO_POLLER
                 _syncobj.createJournal = lambda _f: journal
                 try:
-                    g = RaftGroup(self, group_id, self_addr, voters, state_machine, journal, config)
+                    g = RaftGroup(
+                        self,
+                        group_id,
+                        self_addr,
+                        voters,
+                        state_machine,
+                        journal,
+                        config,
+                        fresh=fresh,
+                    )
                 finally:
                     _syncobj.createPoller, _syncobj.createJournal = saved
             self.groups[group_id] = g

@@ -292,6 +292,8 @@ class RaftGroup:
         state_machine: StateMachine,
         journal: RocksJournal,
         config: RaftConfig,
+        *,
+        fresh: bool = False,
     ) -> None:
         self.group_id = group_id
         self.self_addr = self_addr
@@ -322,7 +324,7 @@ class RaftGroup:
         self.snapshots_read = 0
         conf = config.sync_obj_conf(**extra)
         others = [p for p in peers if p != self_addr]
-        self.lease = LeaderLease(config.election_timeout_min)
+        self.lease = LeaderLease(config.election_timeout_min, fresh=fresh)
         self.obj = _Replica(
             self, self_addr, others, conf, transport_class(driver.hub, group_id, self.lease)
         )

@@ -51,12 +51,13 @@ LEASE_FRACTION = 0.8
 class LeaderLease:
     """The lease state of one replica (see the module docstring)."""
 
-    def __init__(self, election_timeout_min: float) -> None:
+    def __init__(self, election_timeout_min: float, *, fresh: bool = False) -> None:
         self.stickiness = election_timeout_min
         self.duration = election_timeout_min * LEASE_FRACTION
         # Voter side: refuse votes for a while after start, as if the
         # replica had just heard from a leader (it may have, before a crash).
-        self.heard_at = monotonic_time()
+        # A replica created just now (by a split) has promised nothing.
+        self.heard_at = -math.inf if fresh else monotonic_time()
         self._newest: tuple[str, tuple[int, float]] | None = None  # (leader, stamp)
         self._transfer_term: int | None = None
         # Leader side.

@@ -261,10 +261,21 @@ def test_columnar_node_down_then_restarted(cluster: LocalCluster, client: Client
     # Freshness: Columnar.Status, /metrics and `htapkv cluster status`.
     node = next(p for p in cluster.processes() if p.role == "columnar")
     ch = new_channel(node.addr)
-    try:
-        st_resp = columnarpb_pb2.StatusResponse.FromString(
+
+    def status() -> columnarpb_pb2.StatusResponse:
+        return columnarpb_pb2.StatusResponse.FromString(
             ch.unary_unary("/htapkv.columnarpb.Columnar/Status")(b"", timeout=10)
         )
+
+    try:
+        # A Region split off a moment ago may not have applied anything here
+        # yet: wait for every Region's learner to have applied something.
+        cluster.wait_for(
+            "every Region applied on the columnar node",
+            lambda: all(r.applied_index > 0 for r in status().regions),
+            60,
+        )
+        st_resp = status()
     finally:
         ch.close()
     assert st_resp.regions and all(r.applied_index > 0 for r in st_resp.regions)

@@ -232,7 +232,7 @@ class Store:
         self.engine.write(b, sync=True)
         return region
 
-    def _start_peer(self, region: Region) -> Peer:
+    def _start_peer(self, region: Region, *, fresh: bool = False) -> Peer:
         peer = Peer(region, self.store_id, self.engine, self._on_split, self._on_change)
         obs = self.config.apply_observer
         if obs is not None:
@@ -256,7 +256,7 @@ class Store:
                 self.engine, sink, latches=self.latches, bounds=bounds
             )
         peer.group = self.driver.add_group(
-            region.id, voters, peer, self.config.raft, learner=me.is_learner
+            region.id, voters, peer, self.config.raft, learner=me.is_learner, fresh=fresh
         )
         return peer
 
@@ -392,7 +392,7 @@ class Store:
     def _on_split(self, left: Region, right: Region) -> None:
         # Driver thread, right after the split entry is applied here.
         if right.id not in self.peers:
-            self._start_peer(right)
+            self._start_peer(right, fresh=True)
         self._notify(left)
         self._notify(right)
 
