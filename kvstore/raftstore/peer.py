@@ -191,9 +191,11 @@ class Peer:
         return left, right
 
     def log_applied_index(self) -> int:
-        """The last Raft log index applied here, read barriers included
-        (``applied_index`` counts only entries that carried commands)."""
-        group_applied = self.group.last_applied_index if self.group is not None else 0
+        """The last Raft log index applied here, whole: every entry up to it
+        has been applied, read barriers and pysyncobj's own no-op entries
+        included (``applied_index`` counts only entries that carried
+        commands, and survives a restart, when pysyncobj starts from 0)."""
+        group_applied = self.group.applied_index() if self.group is not None else 0
         return max(self.applied_index, group_applied)
 
     @property

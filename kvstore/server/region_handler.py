@@ -210,8 +210,12 @@ class RegionKvHandler:
 
     def read_index(self, ctx: RequestContext) -> int:
         """Prove leadership now (the leader lease, else a read barrier) and
-        answer the log index applied then: a learner that has applied up to it holds every write
-        acknowledged before this call."""
+        answer the commit index then (TiKV's read index): a learner that has
+        applied up to it holds every write acknowledged before this call (a
+        write is acknowledged from inside its apply, a moment before the
+        applied index moves past it; the commit index already has)."""
         h = self._route(ctx)
         h.read_barrier()
-        return h.peer.log_applied_index()
+        group = h.peer.group
+        committed = group.commit_index() if group is not None else 0
+        return max(committed, h.peer.log_applied_index())
