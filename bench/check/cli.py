@@ -23,11 +23,24 @@ def register(sub: Any) -> None:
     p = sub.add_parser("check", help="Jepsen-style consistency check under faults")
     p.add_argument("--workload", required=True, choices=list(WORKLOADS))
     p.add_argument("--nemesis", default="none", choices=list(KINDS))
-    p.add_argument("--time", type=positive_float, default=60.0, help="seconds of workload")
+    p.add_argument(
+        "--time",
+        type=positive_float,
+        default=60.0,
+        help="seconds of workload",
+    )
     p.add_argument("--seed", type=int, help="random seed (default: random, printed)")
     p.add_argument("--pd", help="PD address(es) of a running cluster (default: start one)")
     p.add_argument("--output", default="check-results", help="directory for the results")
     p.add_argument("--clients", type=positive_int, default=3, help="client processes")
+    p.add_argument(
+        "--pds",
+        type=int,
+        choices=(1, 3),
+        default=1,
+        help="PD nodes of the cluster started (3: faults can take the PD leader away "
+        "while a quorum remains)",
+    )
     p.set_defaults(func=main)
 
 
@@ -45,6 +58,7 @@ def main(args: argparse.Namespace) -> int:
         pd=args.pd,
         output=Path(args.output),
         clients=args.clients,
+        pds=args.pds,
     )
     try:
         with err.status(f"check {cfg.workload}: starting") as status:

@@ -1,7 +1,9 @@
 """One check run: cluster, client processes, nemesis, final reads, verdict.
 
-1. Start a :class:`kvstore.LocalCluster` in a temporary directory (a
-   columnar node only for ``columnar-eq``), or use the cluster at ``--pd``
+1. Start a :class:`kvstore.LocalCluster` in a temporary directory (1 or 3
+   PD nodes, 3 stores, a columnar node only for ``columnar-eq``; the stores'
+   data directories on a power-losing FUSE filesystem when the nemesis
+   includes ``disk`` and FUSE works here), or use the cluster at ``--pd``
    (then only ``--nemesis none``: we cannot kill processes we did not start).
 2. ``setup`` the workload, then start ``clients`` processes (multiprocessing,
    spawn). Each records its operations into its own JSON-lines file with the
@@ -30,8 +32,10 @@ from typing import Any
 
 from bench.check import history as hist
 from bench.check import workloads
+from bench.check.faults.powerloss import PowerLossFS
 from bench.check.history import CheckResult, Recorder
-from bench.check.nemesis import Fault, Nemesis, NemesisUnavailableError
+from bench.check.nemesis import Fault, Nemesis, NemesisUnavailableError, wants_power_loss
+from kvstore.errors import InvalidArgumentError
 
 CLIENT_TIMEOUT_S = 4.0  # per client call, retries included: short, so faults give unknown outcomes
 FINAL_READ_TIMEOUT_S = 90.0
@@ -46,6 +50,7 @@ class RunConfig:
     pd: str | None = None
     output: Path = Path("check-results")
     clients: int = 3
+    pds: int = 1  # PD nodes of the cluster we start: 1 or 3
     inject: str | None = None  # test-only: see bench.check.workloads
     startup_timeout: float = 120.0
 
@@ -102,6 +107,8 @@ def run(cfg: RunConfig, progress: Any = None) -> RunOutcome:
         raise NemesisUnavailableError(
             "--pd runs only with --nemesis none (faults need our own processes)"
         )
+    if cfg.pds not in (1, 3):
+        raise InvalidArgumentError(f"a cluster has 1 or 3 PD nodes, not {cfg.pds}")
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     clients_dir = out / "clients"
@@ -110,23 +117,28 @@ def run(cfg: RunConfig, progress: Any = None) -> RunOutcome:
         old.unlink()
     with contextlib.ExitStack() as stack:
         cluster = None
+        power: PowerLossFS | None = None
         if cfg.pd is None:
             from kvstore.server.cluster import LocalCluster
 
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="htapkv-check-"))
+            if wants_power_loss(cfg.nemesis):
+                # Entered before the cluster, so closed (unmounted) after it stops.
+                power = stack.enter_context(PowerLossFS(Path(tmp) / "powerloss"))
             cluster = LocalCluster(
                 Path(tmp) / "cluster",
-                pd=1,
+                pd=cfg.pds,
                 stores=3,
                 columnar=1 if cfg.workload == "columnar-eq" else 0,
                 startup_timeout=cfg.startup_timeout,
+                store_data_root=power.mount if power is not None else None,
             )
             stack.callback(cluster.stop)
             cluster.start()
             pd = cluster.pd_addr
         else:
             pd = cfg.pd
-        nemesis = Nemesis(cluster, cfg.nemesis, random.Random(rng.random()))
+        nemesis = Nemesis(cluster, cfg.nemesis, random.Random(rng.random()), power=power)
         import kvstore
 
         with kvstore.connect(pd, timeout=30.0) as client:
@@ -194,6 +206,8 @@ def run(cfg: RunConfig, progress: Any = None) -> RunOutcome:
         "time": cfg.time,
         "seed": seed,
         "clients": cfg.clients,
+        "pds": cfg.pds if cfg.pd is None else None,
+        "power_loss": power is not None,
         "inject": cfg.inject,
         "start": t0,
         "faults": [asdict(f) for f in nemesis.faults],
@@ -214,7 +228,8 @@ def run(cfg: RunConfig, progress: Any = None) -> RunOutcome:
 
 
 def _title(cfg: RunConfig, seed: int) -> str:
-    return f"htapkv check {cfg.workload}, nemesis {cfg.nemesis}, {cfg.time:g} s, seed {seed}"
+    pds = f", {cfg.pds} PD" if cfg.pds != 1 else ""
+    return f"htapkv check {cfg.workload}, nemesis {cfg.nemesis}{pds}, {cfg.time:g} s, seed {seed}"
 
 
 def _keep_logs(cluster: Any, dest: Path) -> None:
