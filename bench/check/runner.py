@@ -15,6 +15,9 @@
 5. Merge the histories, check, and write ``history.json``, ``result.json``
    and ``timeline.png`` into the output directory, with every server's log
    under ``logs/``.
+
+:func:`soak` repeats runs (``htapkv check --soak``): each on a fresh cluster
+with the next seed, until a time limit, Ctrl-C, or a run that is not valid.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import random
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -230,6 +233,81 @@ def run(cfg: RunConfig, progress: Any = None) -> RunOutcome:
 def _title(cfg: RunConfig, seed: int) -> str:
     pds = f", {cfg.pds} PD" if cfg.pds != 1 else ""
     return f"htapkv check {cfg.workload}, nemesis {cfg.nemesis}{pds}, {cfg.time:g} s, seed {seed}"
+
+
+@dataclass
+class SoakOutcome:
+    runs: list[RunOutcome]
+    interrupted: bool  # Ctrl-C ended it (the run in progress is dropped)
+    output: Path
+
+    @property
+    def exit_code(self) -> int:
+        """The worst run's: 0 all valid, 1 anomalies, 2 error or undecided
+        (also when no run finished)."""
+        return max((r.exit_code for r in self.runs), default=2)
+
+
+def soak(
+    cfg: RunConfig,
+    duration: float,
+    progress: Any = None,
+    on_run: Any = None,
+    run_one: Any = None,
+) -> SoakOutcome:
+    """Runs of ``cfg`` back to back, each on a fresh cluster with the next
+    seed (``cfg.seed``, ``cfg.seed + 1``, ...) into ``OUTPUT/run-001``, ...,
+    until ``duration`` seconds have passed, Ctrl-C, or a run that is not
+    valid (its results stay for the post-mortem; ``--seed`` with its seed
+    replays it). Short runs keep each history small enough to check and make
+    every seed a reproducible case; ``soak.json`` lists the runs so far.
+    ``on_run(outcome)`` is called after each run; ``run_one`` replaces
+    :func:`run` (tests)."""
+    run_one = run_one or run
+    first = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(2**31)
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    outcomes: list[RunOutcome] = []
+    interrupted = False
+    end = time.monotonic() + duration
+    try:
+        while time.monotonic() < end:
+            i = len(outcomes) + 1
+            one = replace(cfg, seed=first + i - 1, output=out / f"run-{i:03d}")
+            outcome = run_one(one, progress)
+            outcomes.append(outcome)
+            _write_soak(out, cfg, duration, outcomes, interrupted=False)
+            if on_run is not None:
+                on_run(outcome)
+            if outcome.exit_code != 0:
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+    _write_soak(out, cfg, duration, outcomes, interrupted=interrupted)
+    return SoakOutcome(outcomes, interrupted, out)
+
+
+def _write_soak(
+    out: Path, cfg: RunConfig, duration: float, runs: list[RunOutcome], *, interrupted: bool
+) -> None:
+    summary = {
+        "workload": cfg.workload,
+        "nemesis": cfg.nemesis,
+        "time_per_run": cfg.time,
+        "soak_seconds": duration,
+        "interrupted": interrupted,
+        "runs": [
+            {
+                "output": str(r.output),
+                "seed": r.seed,
+                "valid": r.result.valid,
+                "faults": len(r.faults),
+                "outcomes": r.meta.get("outcomes", {}),
+            }
+            for r in runs
+        ],
+    }
+    (out / "soak.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def _keep_logs(cluster: Any, dest: Path) -> None:
