@@ -594,7 +594,7 @@ class PowerLossFS:
         # A Unix socket path must stay under ~108 bytes: not under tmp_path.
         self._sock_dir = tempfile.mkdtemp(prefix="plfs-")
         self.sock_path = os.path.join(self._sock_dir, "ctl.sock")
-        self.log_path = self.root / "powerloss_fs.log"
+        self.log_path = self.root / "powerloss.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     # ------------------------------------------------------------ lifecycle
