@@ -15,13 +15,14 @@ process it started (cluster and client processes) whatever happens. Checked:
   left evidence that the node's ``time.time()`` really was off by the chosen
   skew, and every TSO sampled around the faults increased; a PD restarted
   900 s behind still hands out increasing timestamps;
-* the ``disk`` nemesis, both of its faults in turn: a power loss of one
-  store (its data directory on the FUSE filesystem of
-  :mod:`bench.check.faults.powerloss`) really dropped unsynced data of its
-  RocksDB write-ahead log, and the store came back; a failing fsync: the
-  store really got EIO from ``fdatasync`` and stopped itself (exit status
-  70) instead of acknowledging anything more. Where the kernel offers FUSE
-  a run without power loss fails (a missing library is a setup error);
+* the ``disk`` nemesis, each of its faults: a power loss of one store (its
+  data directory on the FUSE filesystem of
+  :mod:`bench.check.faults.powerloss`; the first round of every workload's
+  run) really dropped unsynced data of its RocksDB write-ahead log, and the
+  store came back; a failing fsync (alone, in its own run): the store
+  really got EIO from ``fdatasync`` and stopped itself (exit status 70)
+  instead of acknowledging anything more. Where the kernel offers FUSE a
+  run without power loss fails (a missing library is a setup error);
 * leaders: ``kill``, ``pause`` and ``partition`` hit the store leading the
   most Regions in their first round, and the Regions' leadership moved to
   the others; with 3 PD nodes (``kill`` and ``partition``) the first round
@@ -86,8 +87,10 @@ def test_workload_is_valid(workload: str, nemesis: str, tmp_path: Path) -> None:
         first = outcome.faults[0].detail
         assert first["chosen"] == "store-leader" and first["regions_led"] > 0, first
         assert first["leader_after"] == "others", first  # every Region moved away
-    if nemesis == "disk":
-        assert outcome.meta["power_loss"] is (fuse_unavailable_reason() is None)
+    if nemesis == "disk":  # power loss first, where the kernel offers FUSE
+        power = fuse_unavailable_reason() is None
+        assert outcome.meta["power_loss"] is power
+        assert outcome.faults[0].detail["fault"] == ("power-loss" if power else "fsync")
         for f in outcome.faults:
             if f.detail["fault"] == "power-loss":
                 assert_power_was_lost(f)
@@ -167,25 +170,16 @@ def assert_power_was_lost(f: Fault) -> None:
 
 
 @pytest.mark.skipif(faults.disk_unavailable_reason() is not None, reason="no C compiler")
-def test_set_under_disk_faults(tmp_path: Path) -> None:
-    """Two rounds: a power loss of one store, then failing fsyncs (without
-    FUSE: failing fsyncs only)."""
-    power = fuse_unavailable_reason() is None
-    time_s = 10.0 if power else 4.0
-    cfg = RunConfig("set", "disk", time=time_s, seed=13, output=tmp_path, clients=2)
+def test_set_under_failing_fsync(tmp_path: Path) -> None:
+    """The fsync fault alone (the power loss that comes first otherwise is
+    checked by ``test_workload_is_valid[*-disk]``)."""
+    cfg = RunConfig("set", "disk", time=4.0, seed=13, output=tmp_path, clients=2)
+    cfg.disk_faults = ("fsync",)
     outcome = run(cfg)
     assert outcome.result.valid is True, (outcome.result.anomalies[:5], tmp_path)
     assert outcome.faults and not outcome.meta["nemesis_errors"]
-    kinds = [f.detail["fault"] for f in outcome.faults]
-    if power:
-        assert kinds[:2] == ["power-loss", "fsync"], kinds
-        assert outcome.meta["nemesis_left_out"] == {}
-    else:
-        assert set(kinds) == {"fsync"} and "disk/power-loss" in outcome.meta["nemesis_left_out"]
-    for f in outcome.faults:
-        if f.detail["fault"] == "power-loss":
-            assert_power_was_lost(f)
-    hit = [f for f in outcome.faults if f.detail.get("eio_calls", 0) > 0]
+    assert {f.detail["fault"] for f in outcome.faults} == {"fsync"}
+    hit = [f for f in outcome.faults if f.detail["eio_calls"] > 0]
     assert hit, [f.detail for f in outcome.faults]
     for f in hit:  # fail-stop: the store exited by itself, saying why
         assert f.detail["exited_by_itself"] is True, f.detail

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from bench.check import faults
-from bench.check.nemesis import Nemesis
+from bench.check.nemesis import Fault, Nemesis, NemesisUnavailableError
 from kvstore.types import PdMember
 
 
@@ -108,3 +108,26 @@ def test_disk_runs_power_loss_only_on_a_power_losing_filesystem() -> None:
     with_fs = Nemesis(None, "disk", random.Random(1), power=object())  # type: ignore[arg-type]
     assert with_fs.disk_faults == ["power-loss", "fsync"]
     assert "disk/power-loss" not in with_fs.left_out
+
+
+@pytest.mark.skipif(faults.disk_unavailable_reason() is not None, reason="no C compiler")
+def test_disk_faults_take_turns_power_loss_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    nemesis = Nemesis(None, "disk", random.Random(1), power=object())  # type: ignore[arg-type]
+    ran: list[str] = []
+    monkeypatch.setattr(nemesis, "_power_loss", lambda f: ran.append("power-loss"))
+    monkeypatch.setattr(nemesis, "_fsync", lambda f: ran.append("fsync"))
+    faults_ = [Fault("disk", "store1", 0.0) for _ in range(4)]
+    for f in faults_:
+        nemesis._disk(f)
+    assert ran == ["power-loss", "fsync", "power-loss", "fsync"]
+    assert [f.detail["fault"] for f in faults_] == ran
+
+
+@pytest.mark.skipif(faults.disk_unavailable_reason() is not None, reason="no C compiler")
+def test_disk_faults_can_be_chosen() -> None:
+    only_fsync = Nemesis(None, "disk", random.Random(1), disk_faults=("fsync",))
+    assert only_fsync.disk_faults == ["fsync"] and only_fsync.left_out == {}
+    with pytest.raises(NemesisUnavailableError):  # power loss alone, without FUSE
+        Nemesis(None, "disk", random.Random(1), disk_faults=("power-loss",))
+    with pytest.raises(NemesisUnavailableError):
+        Nemesis(None, "disk", random.Random(1), disk_faults=("torn-write",))

@@ -29,7 +29,8 @@ def register(sub: Any) -> None:
         "--time",
         type=positive_float,
         default=60.0,
-        help="seconds of workload (of each run, with --soak)",
+        help="seconds of workload (a fault in progress then runs to its end under load; "
+        "of each run, with --soak)",
     )
     p.add_argument("--seed", type=int, help="random seed (default: random, printed)")
     p.add_argument("--pd", help="PD address(es) of a running cluster (default: start one)")

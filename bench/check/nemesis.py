@@ -53,11 +53,13 @@ no PD quorum at all: timestamps and routing stop until it heals.
     power-losing filesystem (:mod:`bench.check.faults.powerloss`; the
     runner does so whenever FUSE works here), cut one store's power: wait
     until its RocksDB write-ahead log holds unsynced data (checked with the
-    store SIGSTOPped, so nothing syncs it in between), SIGKILL it, drop
-    every unsynced byte under its data directory, restart it on what is
-    left. Evidence: what was unsynced at the cut and what was dropped,
+    store SIGSTOPped and every thread of it stopped, so no write or fsync
+    on the mount is in flight and nothing syncs it in between), SIGKILL it,
+    drop every unsynced byte under its data directory, restart it on what
+    is left. Evidence: what was unsynced at the cut and what was dropped,
     per file. Without FUSE the ``disk`` nemesis runs ``fsync`` only and
-    says why in :attr:`Nemesis.left_out` (key ``disk/power-loss``);
+    says why in :attr:`Nemesis.left_out` (key ``disk/power-loss``).
+    ``disk_faults`` picks one of the two (tests);
 * ``all``: each round one of the above that is available, every kind once
   (in a seeded order) before any repeats (the others are
   left out, with the reason in :attr:`Nemesis.left_out`).
@@ -250,6 +252,20 @@ def log_clock_offset(
     return {"min": round(stamp - t1, 3), "max": round(stamp - t0, 3)}
 
 
+def threads_stopped(pid: int) -> bool:
+    """Whether every thread of ``pid`` is stopped (state ``T``): after a
+    SIGSTOP, a thread still waiting for a system call to finish (a FUSE
+    request is not interrupted by it) shows another state until it does."""
+    for stat_file in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            state = stat_file.read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):  # the thread exited meanwhile
+            continue
+        if state not in ("T", "t"):
+            return False
+    return True
+
+
 def _largest(files: dict[str, int], n: int = 5) -> dict[str, int]:
     """The ``n`` files with the most bytes (evidence, kept short)."""
     return dict(sorted(files.items(), key=lambda kv: (-kv[1], kv[0]))[:n])
@@ -265,7 +281,8 @@ class Nemesis:
     module docstring). ``up`` / ``down``: seconds between faults / of each
     fault, drawn uniformly from the ranges. ``power``: the filesystem the
     stores' data directories are on, if it can lose power (the ``disk``
-    nemesis then cuts it)."""
+    nemesis then cuts it). ``disk_faults``: which disk faults, in the
+    order they take turns (default :data:`DISK_FAULTS`)."""
 
     def __init__(
         self,
@@ -276,6 +293,7 @@ class Nemesis:
         up: tuple[float, float] = (1.0, 3.0),
         down: tuple[float, float] = (2.0, 4.0),
         power: powerloss.PowerLossFS | None = None,
+        disk_faults: tuple[str, ...] | None = None,
     ) -> None:
         if kind not in KINDS:
             raise NemesisUnavailableError(f"unknown nemesis {kind!r}; one of {', '.join(KINDS)}")
@@ -304,14 +322,19 @@ class Nemesis:
                 self.kinds.remove(k)
                 self.left_out[k] = why
         self.power = power
-        self.disk_faults = [f for f in DISK_FAULTS if f != "power-loss" or power is not None]
-        self._disk_rounds = 0
-        self._leader_rounds = 0
-        if "disk" in self.kinds and power is None:
+        self.disk_faults = list(disk_faults or DISK_FAULTS)
+        if unknown := set(self.disk_faults) - set(DISK_FAULTS):
+            raise NemesisUnavailableError(f"unknown disk faults {sorted(unknown)}")
+        if "disk" in self.kinds and power is None and "power-loss" in self.disk_faults:
+            self.disk_faults.remove("power-loss")
             self.left_out["disk/power-loss"] = (
                 power_loss_unavailable_reason()
                 or "the stores' data directories are not on a power-losing filesystem"
             )
+            if not self.disk_faults:
+                raise NemesisUnavailableError(self.left_out["disk/power-loss"])
+        self._disk_rounds = 0
+        self._leader_rounds = 0
         if "partition" in self.kinds:
             self._partitioner = Partitioner()
         self._tso_max = 0
@@ -546,12 +569,18 @@ class Nemesis:
         assert self.power is not None
         name = fault.target
         data_dir = Path(self.cluster.procs[name].info.data_dir)
+        pid = self.cluster.procs[name].info.pid
         deadline = time.monotonic() + UNSYNCED_WAIT_S
         polls = 0
         while True:
             polls += 1
             self._paused.add(name)
             self.cluster.kill(name, signal.SIGSTOP)
+            # A thread inside a write or fsync on the mount finishes it before
+            # it stops: look only once every thread has stopped.
+            settle = time.monotonic() + UNSYNCED_WAIT_S
+            while not threads_stopped(pid) and time.monotonic() < settle:
+                time.sleep(0.005)  # polling /proc for "every thread stopped"
             dirty = self.power.dirty(data_dir)
             if any(_WAL_FILE.search(f) for f in dirty) or time.monotonic() > deadline:
                 break

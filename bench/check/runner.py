@@ -9,7 +9,10 @@
    spawn). Each records its operations into its own JSON-lines file with the
    machine-wide monotonic clock.
 3. Meanwhile the nemesis breaks and repairs nodes in this process.
-4. At the deadline: wait for the clients (an operation still open when a
+4. At the deadline: stop the nemesis, letting the fault in progress run to
+   its end with the clients still at work (a fault injected into an idle
+   cluster tests little: a failing fsync with nothing to sync fails
+   nothing), then stop the clients (an operation still open when a
    client is stopped is ``info``), heal everything, wait until the cluster
    serves, run the final reads (retried until they succeed).
 5. Merge the histories, check, and write ``history.json``, ``result.json``
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import multiprocessing as mp
 import random
 import shutil
@@ -37,7 +41,13 @@ from bench.check import history as hist
 from bench.check import workloads
 from bench.check.faults.powerloss import PowerLossFS
 from bench.check.history import CheckResult, Recorder
-from bench.check.nemesis import Fault, Nemesis, NemesisUnavailableError, wants_power_loss
+from bench.check.nemesis import (
+    DISK_FAULTS,
+    Fault,
+    Nemesis,
+    NemesisUnavailableError,
+    wants_power_loss,
+)
 from kvstore.errors import InvalidArgumentError
 
 CLIENT_TIMEOUT_S = 4.0  # per client call, retries included: short, so faults give unknown outcomes
@@ -54,6 +64,7 @@ class RunConfig:
     output: Path = Path("check-results")
     clients: int = 3
     pds: int = 1  # PD nodes of the cluster we start: 1 or 3
+    disk_faults: tuple[str, ...] | None = None  # the disk nemesis's faults (default: all)
     inject: str | None = None  # test-only: see bench.check.workloads
     startup_timeout: float = 120.0
 
@@ -82,10 +93,10 @@ class _WorkerArgs:
     inject: str | None
 
 
-def _worker(a: _WorkerArgs, ready: Any, go: Any, deadline: Any) -> None:
+def _worker(a: _WorkerArgs, ready: Any, go: Any, done: Any) -> None:
     """A client process: its own connection, its own recorder file. Starts
     once every client has connected (process start-up takes seconds), so the
-    whole ``--time`` is workload; ``deadline`` is set by the parent then."""
+    whole ``--time`` is workload, and stops when the parent sets ``done``."""
     import kvstore
 
     rec = Recorder(a.out)
@@ -94,7 +105,8 @@ def _worker(a: _WorkerArgs, ready: Any, go: Any, deadline: Any) -> None:
         with kvstore.connect(a.pd, timeout=CLIENT_TIMEOUT_S) as client:
             ready.release()
             go.wait()
-            ctx = workloads.Ctx(a.worker, rec, random.Random(a.seed), deadline.value, a.inject)
+            rng = random.Random(a.seed)
+            ctx = workloads.Ctx(a.worker, rec, rng, math.inf, a.inject, stopped=done.is_set)
             wl.client_loop(client, ctx)
     finally:
         rec.close()
@@ -125,7 +137,7 @@ def run(cfg: RunConfig, progress: Any = None) -> RunOutcome:
             from kvstore.server.cluster import LocalCluster
 
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="htapkv-check-"))
-            if wants_power_loss(cfg.nemesis):
+            if wants_power_loss(cfg.nemesis) and "power-loss" in (cfg.disk_faults or DISK_FAULTS):
                 # Entered before the cluster, so closed (unmounted) after it stops.
                 power = stack.enter_context(PowerLossFS(Path(tmp) / "powerloss"))
             cluster = LocalCluster(
@@ -141,13 +153,19 @@ def run(cfg: RunConfig, progress: Any = None) -> RunOutcome:
             pd = cluster.pd_addr
         else:
             pd = cfg.pd
-        nemesis = Nemesis(cluster, cfg.nemesis, random.Random(rng.random()), power=power)
+        nemesis = Nemesis(
+            cluster,
+            cfg.nemesis,
+            random.Random(rng.random()),
+            power=power,
+            disk_faults=cfg.disk_faults,
+        )
         import kvstore
 
         with kvstore.connect(pd, timeout=30.0) as client:
             wl.setup(client)
         ctx = mp.get_context("spawn")
-        ready, go, shared_deadline = ctx.Semaphore(0), ctx.Event(), ctx.Value("d", 0.0)
+        ready, go, done = ctx.Semaphore(0), ctx.Event(), ctx.Event()
         procs = []
         for i in range(cfg.clients):
             args = _WorkerArgs(
@@ -160,7 +178,7 @@ def run(cfg: RunConfig, progress: Any = None) -> RunOutcome:
             )
             p = ctx.Process(
                 target=_worker,
-                args=(args, ready, go, shared_deadline),
+                args=(args, ready, go, done),
                 name=f"check-client{i + 1}",
             )
             p.start()
@@ -174,7 +192,6 @@ def run(cfg: RunConfig, progress: Any = None) -> RunOutcome:
                 raise RuntimeError("a client process exited or did not connect to the cluster")
         t0 = time.monotonic()
         deadline = t0 + cfg.time
-        shared_deadline.value = deadline
         go.set()
         nemesis.start()
         while (now := time.monotonic()) < deadline and any(p.is_alive() for p in procs):
@@ -183,7 +200,9 @@ def run(cfg: RunConfig, progress: Any = None) -> RunOutcome:
                 note = f"{active.kind} {active.target}" if active else ""
                 progress(now - t0, cfg.time, note)
             time.sleep(min(1.0, max(0.0, deadline - now)))
-        nemesis.stop()
+        nemesis.stop()  # returns once the fault in progress has been repaired
+        done.set()
+        workload_s = time.monotonic() - t0
         # Clients finish their operation in flight (bounded by the call timeout).
         for p in procs:
             p.join(timeout=CLIENT_TIMEOUT_S * 3 + 10)
@@ -207,6 +226,7 @@ def run(cfg: RunConfig, progress: Any = None) -> RunOutcome:
         "workload": cfg.workload,
         "nemesis": cfg.nemesis,
         "time": cfg.time,
+        "workload_s": round(workload_s, 1),
         "seed": seed,
         "clients": cfg.clients,
         "pds": cfg.pds if cfg.pd is None else None,
