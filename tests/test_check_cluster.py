@@ -15,11 +15,21 @@ process it started (cluster and client processes) whatever happens. Checked:
   left evidence that the node's ``time.time()`` really was off by the chosen
   skew, and every TSO sampled around the faults increased; a PD restarted
   900 s behind still hands out increasing timestamps;
-* the ``disk`` nemesis (fsync fails with EIO): a workload stays valid, the
-  store really got EIO from ``fdatasync`` and stopped itself (exit status
-  70) instead of acknowledging anything more.
+* the ``disk`` nemesis, each of its faults: a power loss of one store (its
+  data directory on the FUSE filesystem of
+  :mod:`bench.check.faults.powerloss`; the first round of every workload's
+  run) really dropped unsynced data of its RocksDB write-ahead log, and the
+  store came back; a failing fsync (alone, in its own run): the store
+  really got EIO from ``fdatasync`` and stopped itself (exit status 70)
+  instead of acknowledging anything more. Where the kernel offers FUSE a
+  run without power loss fails (a missing library is a setup error);
+* leaders: ``kill``, ``pause`` and ``partition`` hit the store leading the
+  most Regions in their first round, and the Regions' leadership moved to
+  the others; with 3 PD nodes (``kill`` and ``partition``) the first round
+  hits the PD leader, the PD majority elects another, and the workload stays
+  valid.
 
-Runs are short (5 s of workload each) to keep this file near 7 minutes on 2
+Runs are short (5 s of workload each) to keep this file near 8 minutes on 2
 cores; ``htapkv check --time 60`` is the real thing.
 """
 
@@ -33,7 +43,8 @@ from pathlib import Path
 import pytest
 
 from bench.check import faults
-from bench.check.nemesis import log_clock_offset, partition_unavailable_reason
+from bench.check.faults.powerloss import fuse_unavailable_reason
+from bench.check.nemesis import Fault, log_clock_offset, partition_unavailable_reason
 from bench.check.runner import RunConfig, run
 from kvstore.server.cluster import LocalCluster
 from kvstore.server.store_server import STORAGE_FAILURE_EXIT
@@ -72,6 +83,17 @@ def test_workload_is_valid(workload: str, nemesis: str, tmp_path: Path) -> None:
         assert outcome.faults and all(f.end is not None for f in outcome.faults)
         assert {f.kind for f in outcome.faults} == {nemesis}
         assert not outcome.meta["nemesis_errors"]
+    if nemesis in ("kill", "pause", "partition"):
+        first = outcome.faults[0].detail
+        assert first["chosen"] == "store-leader" and first["regions_led"] > 0, first
+        assert first["leader_after"] == "others", first  # every Region moved away
+    if nemesis == "disk":  # power loss first, where the kernel offers FUSE
+        power = fuse_unavailable_reason() is None
+        assert outcome.meta["power_loss"] is power
+        assert outcome.faults[0].detail["fault"] == ("power-loss" if power else "fsync")
+        for f in outcome.faults:
+            if f.detail["fault"] == "power-loss":
+                assert_power_was_lost(f)
     for name in ("history.json", "result.json", "timeline.png"):
         assert (tmp_path / name).stat().st_size > 0
     saved = json.loads((tmp_path / "result.json").read_text())
@@ -138,15 +160,50 @@ def test_tso_increases_across_a_pd_restarted_with_its_clock_behind(tmp_path: Pat
         assert after > behind
 
 
+def assert_power_was_lost(f: Fault) -> None:
+    """A power-loss round dropped unsynced data of the store's RocksDB
+    write-ahead log (not only its info log), and the store restarted."""
+    d = f.detail
+    assert d["bytes_dropped"] > 0 and d["wal_bytes_dropped"] > 0, d
+    assert all(path.startswith(f"{f.target}/") for path in d["dropped_first"]), d
+    assert d["restart_s"] >= 0, d
+
+
 @pytest.mark.skipif(faults.disk_unavailable_reason() is not None, reason="no C compiler")
 def test_set_under_failing_fsync(tmp_path: Path) -> None:
+    """The fsync fault alone (the power loss that comes first otherwise is
+    checked by ``test_workload_is_valid[*-disk]``)."""
     cfg = RunConfig("set", "disk", time=4.0, seed=13, output=tmp_path, clients=2)
+    cfg.disk_faults = ("fsync",)
     outcome = run(cfg)
     assert outcome.result.valid is True, (outcome.result.anomalies[:5], tmp_path)
     assert outcome.faults and not outcome.meta["nemesis_errors"]
+    assert {f.detail["fault"] for f in outcome.faults} == {"fsync"}
     hit = [f for f in outcome.faults if f.detail["eio_calls"] > 0]
     assert hit, [f.detail for f in outcome.faults]
     for f in hit:  # fail-stop: the store exited by itself, saying why
         assert f.detail["exited_by_itself"] is True, f.detail
         assert f.detail["exit_code"] == STORAGE_FAILURE_EXIT, f.detail
         assert any("cannot be made durable" in e for e in f.detail["log_errors_first"])
+
+
+@pytest.mark.parametrize("nemesis", ["kill", "partition"])
+def test_register_with_three_pds_loses_its_pd_leader(nemesis: str, tmp_path: Path) -> None:
+    """3 PD nodes: the first round hits the PD leader (killed, or cut off as
+    a minority of one); the other two elect a new leader and the registers
+    stay linearizable."""
+    if why := _unavailable(nemesis):
+        pytest.skip(why)
+    cfg = RunConfig("register", nemesis, time=RUN_S, seed=17, output=tmp_path, clients=2, pds=3)
+    outcome = run(cfg)
+    assert outcome.result.valid is True, (outcome.result.anomalies[:5], tmp_path)
+    assert not outcome.meta["nemesis_errors"] and outcome.meta["pds"] == 3
+    assert len([op for op in outcome.ops if op.outcome == "ok"]) > 10, outcome.meta["outcomes"]
+    f = outcome.faults[0]
+    d = f.detail
+    assert f.target.startswith("pd") and d["chosen"] == "pd-leader", (f.target, d)
+    assert d["is_pd_leader"] is True and d["pd_leader"] == f.target, d
+    assert d["leader_after"] not in (None, f.target), d  # the majority elected another
+    if nemesis == "partition":
+        others = sorted({"pd1", "pd2", "pd3"} - {f.target})
+        assert d["split"] == {"pd": {"minority": [f.target], "majority": others}}, d

@@ -5,7 +5,7 @@ whatever was never fsync'd. The replicated store claims (DESIGN.md §4) that
 the Raft log is fsync'd in RocksDB before an entry counts toward a commit,
 so a write acknowledged by the leader is on the disks of a majority and
 survives even if every store loses power at the same moment. These tests
-check that claim on :mod:`tests.powerloss_fs`, a FUSE filesystem that keeps
+check that claim on :mod:`bench.check.faults.powerloss`, a FUSE filesystem that keeps
 unsynced file data in memory and drops it on :meth:`PowerLossFS.power_loss`
 (its docstring has the exact model: data durable at fsync/fdatasync of the
 file, metadata at once).
@@ -34,7 +34,7 @@ file, metadata at once).
 * The embedded store (``kvstore.open``, no Raft) gets the same treatment with
   ``tests/crash_writer.py``: fsync'd commits and the TSO high-water mark.
 
-Not modelled (see :mod:`tests.powerloss_fs`): names (create, rename, unlink)
+Not modelled (see :mod:`bench.check.faults.powerloss`): names (create, rename, unlink)
 are durable at once, so a missing *directory* fsync is never caught here.
 
 The whole module needs FUSE; it is skipped only where the kernel offers none.
@@ -59,6 +59,7 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 
+from bench.check.faults.powerloss import PowerLossFS, fuse_unavailable_reason
 from kvstore.client.grpc_backend import GrpcKvBackend
 from kvstore.errors import (
     EpochNotMatchError,
@@ -70,7 +71,6 @@ from kvstore.errors import (
 from kvstore.proto import debugpb_pb2, debugpb_pb2_grpc
 from kvstore.proto.convert import RequestContext, region_from_pb
 from kvstore.types import Mutation, Op, compose_ts
-from tests.powerloss_fs import PowerLossFS, fuse_unavailable_reason
 
 pytestmark = pytest.mark.slow
 
@@ -195,6 +195,32 @@ def test_unsynced_file_data_is_lost_and_synced_data_survives(fs: PowerLossFS) ->
         "dir/inner": b"synced in a new directory",
     }
     assert fs.stats()["dirty_files"] == 0
+
+
+def test_a_power_loss_under_one_directory_spares_the_others(fs: PowerLossFS) -> None:
+    """One machine's disk among several on the mount (the ``disk`` nemesis
+    of ``htapkv check`` cuts one store's power this way)."""
+    m = fs.mount
+
+    def before() -> None:
+        for d in ("a", "b"):
+            (m / d / "sub").mkdir(parents=True)
+            with open(m / d / "sub" / "f", "wb") as f:
+                f.write(b"synced")
+                f.flush()
+                os.fsync(f.fileno())
+                f.write(b" then not")
+
+    fs.run(before)
+    assert fs.dirty(m / "a") == {"a/sub/f": 4096}
+    assert set(fs.dirty()) == {"a/sub/f", "b/sub/f"}
+    lost = fs.power_loss(m / "a")
+    assert lost == {"files": 1, "dirty_bytes_dropped": 4096, "dropped": {"a/sub/f": 4096}}
+    assert fs.run((m / "a/sub/f").read_bytes) == b"synced"
+    assert fs.run((m / "b/sub/f").read_bytes) == b"synced then not"
+    assert fs.dirty(m / "a") == {} and set(fs.dirty()) == {"b/sub/f"}
+    with pytest.raises(ValueError):
+        fs.power_loss(m.parent)  # not on the mount
 
 
 # A process that writes to RocksDB, reports, and waits to be killed.

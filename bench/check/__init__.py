@@ -1,7 +1,8 @@
 """Jepsen-style consistency checks: ``htapkv check``.
 
 What it is: workloads run against a real cluster from several client
-processes while a *nemesis* kills, pauses or partitions nodes; every
+processes while a *nemesis* kills, pauses, partitions, skews the clock of,
+fails the fsyncs of or cuts the power of nodes (leaders among them); every
 operation is recorded (:mod:`bench.check.history`) and the history is then
 judged by a checker for the guarantee the workload exercises:
 

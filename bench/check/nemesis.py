@@ -1,9 +1,30 @@
 """Faults injected into a :class:`kvstore.LocalCluster` during a check run.
 
 The nemesis runs in the parent process, in a thread, in rounds: wait a
-little, break one node (chosen at random among PD, stores and the columnar
-node), wait a few seconds, repair it. Every fault is recorded as an interval
-(:class:`Fault`) for the report and the timeline plot.
+little, break one node, wait a few seconds, repair it. Every fault is
+recorded as an interval (:class:`Fault`) for the report and the timeline
+plot, with evidence that it took effect in ``Fault.detail``.
+
+Targets. ``kill``, ``pause`` and ``partition`` hit a *leader* every other
+round (the first round included), and a node chosen at random (PD, store or
+columnar node) in between. Leader rounds take turns between the PD leader
+(only with 3 PD nodes: with one, there is no other to take over) and the
+store leading the most Regions (as PD sees it: ``scan_regions``). Detail:
+``chosen`` (``pd-leader``, ``store-leader`` or ``random``), ``pd_leader``
+and ``regions_led`` (the target's share of leaders when it was hit), and,
+when the target led, ``leader_after``, waited for during the fault (at most
+:data:`LEADER_MOVE_WAIT_S` past its planned end): the PD member that leads
+once the other two have elected one, or ``"others"`` once PD sees no Region
+led by the target (with ``regions_led_after``, every store's count).
+
+Quorums. A cluster of 3 PD nodes and 3 stores runs one PD Raft group of 3
+and, per Region, a Raft group of 3 voters (one per store; the columnar node
+is a learner and votes nowhere). Cutting off one node is therefore always a
+minority (1) / majority (2) split of the groups it is in: the majority keeps
+a quorum and elects a leader, the isolated node can lead nothing (a leader
+there stops serving reads at its read barrier and steps down). Detail
+``split`` names both sides per group. With 1 PD node, cutting it off leaves
+no PD quorum at all: timestamps and routing stop until it heals.
 
 * ``kill``: SIGKILL, then restart on the same data directory (waiting until
   the process is ready again);
@@ -21,10 +42,24 @@ node), wait a few seconds, repair it. Every fault is recorded as an interval
   HTTP ``Date`` (stores) or its TSO (PD) at the end of the skew, and every
   TSO sampled before, during and after, which must increase strictly (a
   decrease is a nemesis error);
-* ``disk``: restart a row store with ``failfsync.c`` preloaded, make its
-  ``fsync``/``fdatasync`` fail with ``EIO`` for a while, then kill it and
-  restart it normally. Evidence: the failed calls, whether the store exited
-  by itself, its log lines about the error;
+* ``disk``: a row store's disk fails, two ways in turn (power loss first;
+  ``detail["fault"]`` says which):
+
+  - ``fsync``: restart the store with ``failfsync.c`` preloaded, make its
+    ``fsync``/``fdatasync`` fail with ``EIO`` for a while, then kill it and
+    restart it normally. Evidence: the failed calls, whether the store
+    exited by itself, its log lines about the error;
+  - ``power-loss``: when the run put the stores' data directories on the
+    power-losing filesystem (:mod:`bench.check.faults.powerloss`; the
+    runner does so whenever FUSE works here), cut one store's power: wait
+    until its RocksDB write-ahead log holds unsynced data (checked with the
+    store SIGSTOPped and every thread of it stopped, so no write or fsync
+    on the mount is in flight and nothing syncs it in between), SIGKILL it,
+    drop every unsynced byte under its data directory, restart it on what
+    is left. Evidence: what was unsynced at the cut and what was dropped,
+    per file. Without FUSE the ``disk`` nemesis runs ``fsync`` only and
+    says why in :attr:`Nemesis.left_out` (key ``disk/power-loss``).
+    ``disk_faults`` picks one of the two (tests);
 * ``all``: each round one of the above that is available, every kind once
   (in a seeded order) before any repeats (the others are
   left out, with the reason in :attr:`Nemesis.left_out`).
@@ -52,6 +87,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.check import faults
+from bench.check.faults import powerloss
 from kvstore.errors import KVError
 from kvstore.types import physical_ms
 
@@ -65,6 +101,14 @@ _LOG_TIME = re.compile(rb"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ", re.MULTIL
 _DISK_ERRORS = re.compile(rb"^.*(?:Input/output error|StorageError|I/O error|IO error).*$", re.M)
 CGROUP_ROOT = Path("/sys/fs/cgroup/unified")
 CHAIN = "HTAPKV_CHECK"
+DISK_FAULTS = ("power-loss", "fsync")  # the order the disk nemesis takes them in
+# RocksDB's write-ahead log files (000123.log), not its info log (LOG).
+_WAL_FILE = re.compile(r"(?:^|/)\d+\.log$")
+# How long a power-loss round waits for the store to hold unsynced WAL data
+# (a store that writes nothing has none: the cut then drops nothing, and
+# says so), and how long a leader round waits for another leader.
+UNSYNCED_WAIT_S = 10.0
+LEADER_MOVE_WAIT_S = 15.0
 
 
 class NemesisUnavailableError(KVError):
@@ -78,6 +122,21 @@ class Fault:
     start: float  # time.monotonic()
     end: float | None = None
     detail: dict[str, Any] = field(default_factory=dict)  # evidence the fault took effect
+
+
+def power_loss_unavailable_reason() -> str | None:
+    """Why the ``disk`` nemesis cannot cut power here, or None when it can."""
+    return powerloss.unavailable_reason()
+
+
+def wants_power_loss(kind: str) -> bool:
+    """Whether a run of nemesis ``kind`` should put the stores' data
+    directories on a :class:`~bench.check.faults.powerloss.PowerLossFS`."""
+    return (
+        kind in ("disk", "all")
+        and faults.disk_unavailable_reason() is None
+        and power_loss_unavailable_reason() is None
+    )
 
 
 def partition_unavailable_reason() -> str | None:
@@ -193,6 +252,25 @@ def log_clock_offset(
     return {"min": round(stamp - t1, 3), "max": round(stamp - t0, 3)}
 
 
+def threads_stopped(pid: int) -> bool:
+    """Whether every thread of ``pid`` is stopped (state ``T``): after a
+    SIGSTOP, a thread still waiting for a system call to finish (a FUSE
+    request is not interrupted by it) shows another state until it does."""
+    for stat_file in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            state = stat_file.read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):  # the thread exited meanwhile
+            continue
+        if state not in ("T", "t"):
+            return False
+    return True
+
+
+def _largest(files: dict[str, int], n: int = 5) -> dict[str, int]:
+    """The ``n`` files with the most bytes (evidence, kept short)."""
+    return dict(sorted(files.items(), key=lambda kv: (-kv[1], kv[0]))[:n])
+
+
 def _ports(info: Any) -> list[int]:
     addrs = [info.addr, info.peer_addr, info.raft_addr, info.status_addr]
     return sorted({int(a.rsplit(":", 1)[1]) for a in addrs if a and ":" in a} - {0})
@@ -201,7 +279,10 @@ def _ports(info: Any) -> list[int]:
 class Nemesis:
     """Runs faults of ``kind`` on ``cluster`` until :meth:`stop` (see the
     module docstring). ``up`` / ``down``: seconds between faults / of each
-    fault, drawn uniformly from the ranges."""
+    fault, drawn uniformly from the ranges. ``power``: the filesystem the
+    stores' data directories are on, if it can lose power (the ``disk``
+    nemesis then cuts it). ``disk_faults``: which disk faults, in the
+    order they take turns (default :data:`DISK_FAULTS`)."""
 
     def __init__(
         self,
@@ -211,6 +292,8 @@ class Nemesis:
         *,
         up: tuple[float, float] = (1.0, 3.0),
         down: tuple[float, float] = (2.0, 4.0),
+        power: powerloss.PowerLossFS | None = None,
+        disk_faults: tuple[str, ...] | None = None,
     ) -> None:
         if kind not in KINDS:
             raise NemesisUnavailableError(f"unknown nemesis {kind!r}; one of {', '.join(KINDS)}")
@@ -238,6 +321,20 @@ class Nemesis:
                     raise NemesisUnavailableError(why)
                 self.kinds.remove(k)
                 self.left_out[k] = why
+        self.power = power
+        self.disk_faults = list(disk_faults or DISK_FAULTS)
+        if unknown := set(self.disk_faults) - set(DISK_FAULTS):
+            raise NemesisUnavailableError(f"unknown disk faults {sorted(unknown)}")
+        if "disk" in self.kinds and power is None and "power-loss" in self.disk_faults:
+            self.disk_faults.remove("power-loss")
+            self.left_out["disk/power-loss"] = (
+                power_loss_unavailable_reason()
+                or "the stores' data directories are not on a power-losing filesystem"
+            )
+            if not self.disk_faults:
+                raise NemesisUnavailableError(self.left_out["disk/power-loss"])
+        self._disk_rounds = 0
+        self._leader_rounds = 0
         if "partition" in self.kinds:
             self._partitioner = Partitioner()
         self._tso_max = 0
@@ -272,12 +369,15 @@ class Nemesis:
     def _run(self) -> None:
         while not self._stop.wait(self.rng.uniform(*self.up)):
             kind = self._next_kind()
-            if kind == "disk":  # the fsync shim is for row stores (see the docstring)
+            detail: dict[str, Any] = {}
+            if kind == "disk":  # disk faults are for row stores (see the docstring)
                 names = sorted(n for n, p in self.cluster.procs.items() if p.info.role == "store")
+                target = self.rng.choice(names)
+            elif kind in ("kill", "pause", "partition"):
+                target, detail = self._pick_target()
             else:
-                names = sorted(self.cluster.procs)
-            target = self.rng.choice(names)
-            fault = Fault(kind, target, time.monotonic())
+                target = self.rng.choice(sorted(self.cluster.procs))
+            fault = Fault(kind, target, time.monotonic(), detail=detail)
             self.faults.append(fault)
             try:
                 if kind == "clock":
@@ -285,12 +385,113 @@ class Nemesis:
                 elif kind == "disk":
                     self._disk(fault)
                 else:
+                    if kind == "partition":
+                        fault.detail["split"] = self._split(target)
                     self._break(kind, target)
-                    self._stop.wait(self.rng.uniform(*self.down))
+                    until = time.monotonic() + self.rng.uniform(*self.down)
+                    self._watch_leader(fault, until + LEADER_MOVE_WAIT_S)
+                    self._stop.wait(max(0.0, until - time.monotonic()))
                     self._repair(kind, target)
             except Exception as e:  # keep going: heal() repairs at the end
                 self.errors.append(f"{kind} {target}: {type(e).__name__}: {e}")
             fault.end = time.monotonic()
+
+    # ------------------------------------------------------------ targets, leaders
+    def _pd_leader(self) -> str | None:
+        """Name of the PD leader (as the PD members answering us see it)."""
+        _members, lead = self.cluster.pd().members()
+        if lead is None:
+            return None
+        return next(
+            (n for n, p in self.cluster.procs.items() if p.info.addr == lead.client_addr), None
+        )
+
+    def _regions_led(self) -> dict[str, int]:
+        """Store name -> how many Regions it leads, in PD's view."""
+        led = dict.fromkeys((n for n, p in self.cluster.procs.items() if p.info.role == "store"), 0)
+        for _region, leader in self.cluster.pd().scan_regions(b"", b"", 0):
+            if leader:
+                with contextlib.suppress(StopIteration):
+                    led[self.cluster.name_of_store(leader)] += 1
+        return led
+
+    def _pick_target(self) -> tuple[str, dict[str, Any]]:
+        """Every other round a leader (the PD leader and the store leading the
+        most Regions in turn; the PD leader only with 3 PD nodes), else a
+        random node. Returns the target and what is known of it."""
+        self._leader_rounds += 1
+        detail: dict[str, Any] = {"chosen": "random"}
+        try:
+            pd_leader = self._pd_leader()
+            led = self._regions_led()
+        except Exception as e:  # PD unreachable: no leader to aim at
+            detail["leader_lookup_error"] = f"{type(e).__name__}: {e}"
+            return self.rng.choice(sorted(self.cluster.procs)), detail
+        detail["pd_leader"] = pd_leader
+        target = self.rng.choice(sorted(self.cluster.procs))
+        if self._leader_rounds % 2 == 1:
+            choices = (["pd-leader"] if self.cluster.n_pd > 1 and pd_leader else []) + (
+                ["store-leader"] if any(led.values()) else []
+            )
+            if choices:
+                chosen = choices[(self._leader_rounds // 2) % len(choices)]
+                detail["chosen"] = chosen
+                if chosen == "pd-leader":
+                    assert pd_leader is not None
+                    target = pd_leader
+                else:  # ties: the lowest store name, so a seed replays alike
+                    target = max(sorted(led), key=lambda n: led[n])
+        detail["is_pd_leader"] = target == pd_leader
+        if target in led:
+            detail["regions_led"] = led[target]
+            detail["regions_total"] = sum(led.values())
+        return target, detail
+
+    def _split(self, target: str) -> dict[str, dict[str, list[str]]]:
+        """The two sides of cutting ``target`` off, per kind of Raft group
+        it votes in (see the module docstring)."""
+        role = self.cluster.procs[target].info.role
+        peers = sorted(
+            n for n, p in self.cluster.procs.items() if p.info.role == role and n != target
+        )
+        if role == "columnar":  # a learner: no vote, no quorum changes
+            return {}
+        group = "pd" if role == "pd" else "regions"
+        return {group: {"minority": [target], "majority": peers}}
+
+    def _watch_leader(self, fault: Fault, deadline: float) -> None:
+        """When the target led, wait (until ``deadline``) for the others to
+        take over, and record who leads then (``leader_after``)."""
+        d, target = fault.detail, fault.target
+        t0 = time.monotonic()
+        if d.get("is_pd_leader") and self.cluster.n_pd > 1:
+
+            def moved() -> dict[str, Any] | None:
+                lead = self._pd_leader()
+                return {"leader_after": lead} if lead not in (None, target) else None
+
+        elif d.get("regions_led"):
+
+            def moved() -> dict[str, Any] | None:
+                led = self._regions_led()
+                if led.get(target, 0):
+                    return None
+                return {"leader_after": "others", "regions_led_after": led}
+
+        else:
+            return
+        last: Any = None
+        while time.monotonic() < deadline:
+            try:
+                if got := moved():
+                    d.update(got)
+                    d["leader_moved_after_s"] = round(time.monotonic() - t0, 2)
+                    return
+            except Exception as e:  # PD electing: ask again
+                last = f"{type(e).__name__}: {e}"
+            time.sleep(0.1)  # polling PD for the condition "another node leads"
+        d["leader_after"] = None
+        d["leader_watch_error"] = last
 
     # ------------------------------------------------------------ clock
     def _sample_tso(self, fault: Fault, when: str) -> None:
@@ -355,6 +556,56 @@ class Nemesis:
 
     # ------------------------------------------------------------ disk
     def _disk(self, fault: Fault) -> None:
+        which = self.disk_faults[self._disk_rounds % len(self.disk_faults)]
+        self._disk_rounds += 1
+        fault.detail["fault"] = which
+        if which == "power-loss":
+            self._power_loss(fault)
+        else:
+            self._fsync(fault)
+
+    def _power_loss(self, fault: Fault) -> None:
+        """Cut one store's power (see the module docstring)."""
+        assert self.power is not None
+        name = fault.target
+        data_dir = Path(self.cluster.procs[name].info.data_dir)
+        pid = self.cluster.procs[name].info.pid
+        deadline = time.monotonic() + UNSYNCED_WAIT_S
+        polls = 0
+        while True:
+            polls += 1
+            self._paused.add(name)
+            self.cluster.kill(name, signal.SIGSTOP)
+            # A thread inside a write or fsync on the mount finishes it before
+            # it stops: look only once every thread has stopped.
+            settle = time.monotonic() + UNSYNCED_WAIT_S
+            while not threads_stopped(pid) and time.monotonic() < settle:
+                time.sleep(0.005)  # polling /proc for "every thread stopped"
+            dirty = self.power.dirty(data_dir)
+            if any(_WAL_FILE.search(f) for f in dirty) or time.monotonic() > deadline:
+                break
+            self.cluster.kill(name, signal.SIGCONT)
+            self._paused.discard(name)
+            time.sleep(0.05)  # polling the filesystem for "the WAL has unsynced data"
+        self.cluster.kill(name, signal.SIGKILL)  # a stopped process dies without running
+        self._paused.discard(name)
+        lost = self.power.power_loss(data_dir)
+        dropped: dict[str, int] = lost["dropped"]
+        fault.detail.update(
+            {
+                "polls_until_unsynced": polls,
+                "unsynced_at_cut": _largest(dirty),
+                "files_dropped": lost["files"],
+                "bytes_dropped": lost["dirty_bytes_dropped"],
+                "wal_bytes_dropped": sum(b for f, b in dropped.items() if _WAL_FILE.search(f)),
+                "dropped_first": _largest(dropped),
+            }
+        )
+        t0 = time.monotonic()
+        self.cluster.restart(name)
+        fault.detail["restart_s"] = round(time.monotonic() - t0, 2)
+
+    def _fsync(self, fault: Fault) -> None:
         assert self._fault_dir is not None
         name = fault.target
         trigger = self._fault_dir / f"{name}.fail-fsync"

@@ -1,37 +1,54 @@
 """One check run: cluster, client processes, nemesis, final reads, verdict.
 
-1. Start a :class:`kvstore.LocalCluster` in a temporary directory (a
-   columnar node only for ``columnar-eq``), or use the cluster at ``--pd``
+1. Start a :class:`kvstore.LocalCluster` in a temporary directory (1 or 3
+   PD nodes, 3 stores, a columnar node only for ``columnar-eq``; the stores'
+   data directories on a power-losing FUSE filesystem when the nemesis
+   includes ``disk`` and FUSE works here), or use the cluster at ``--pd``
    (then only ``--nemesis none``: we cannot kill processes we did not start).
 2. ``setup`` the workload, then start ``clients`` processes (multiprocessing,
    spawn). Each records its operations into its own JSON-lines file with the
    machine-wide monotonic clock.
 3. Meanwhile the nemesis breaks and repairs nodes in this process.
-4. At the deadline: wait for the clients (an operation still open when a
+4. At the deadline: stop the nemesis, letting the fault in progress run to
+   its end with the clients still at work (a fault injected into an idle
+   cluster tests little: a failing fsync with nothing to sync fails
+   nothing), then stop the clients (an operation still open when a
    client is stopped is ``info``), heal everything, wait until the cluster
    serves, run the final reads (retried until they succeed).
 5. Merge the histories, check, and write ``history.json``, ``result.json``
    and ``timeline.png`` into the output directory, with every server's log
    under ``logs/``.
+
+:func:`soak` repeats runs (``htapkv check --soak``): each on a fresh cluster
+with the next seed, until a time limit, Ctrl-C, or a run that is not valid.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import multiprocessing as mp
 import random
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from bench.check import history as hist
 from bench.check import workloads
+from bench.check.faults.powerloss import PowerLossFS
 from bench.check.history import CheckResult, Recorder
-from bench.check.nemesis import Fault, Nemesis, NemesisUnavailableError
+from bench.check.nemesis import (
+    DISK_FAULTS,
+    Fault,
+    Nemesis,
+    NemesisUnavailableError,
+    wants_power_loss,
+)
+from kvstore.errors import InvalidArgumentError
 
 CLIENT_TIMEOUT_S = 4.0  # per client call, retries included: short, so faults give unknown outcomes
 FINAL_READ_TIMEOUT_S = 90.0
@@ -46,6 +63,8 @@ class RunConfig:
     pd: str | None = None
     output: Path = Path("check-results")
     clients: int = 3
+    pds: int = 1  # PD nodes of the cluster we start: 1 or 3
+    disk_faults: tuple[str, ...] | None = None  # the disk nemesis's faults (default: all)
     inject: str | None = None  # test-only: see bench.check.workloads
     startup_timeout: float = 120.0
 
@@ -74,10 +93,10 @@ class _WorkerArgs:
     inject: str | None
 
 
-def _worker(a: _WorkerArgs, ready: Any, go: Any, deadline: Any) -> None:
+def _worker(a: _WorkerArgs, ready: Any, go: Any, done: Any) -> None:
     """A client process: its own connection, its own recorder file. Starts
     once every client has connected (process start-up takes seconds), so the
-    whole ``--time`` is workload; ``deadline`` is set by the parent then."""
+    whole ``--time`` is workload, and stops when the parent sets ``done``."""
     import kvstore
 
     rec = Recorder(a.out)
@@ -86,7 +105,8 @@ def _worker(a: _WorkerArgs, ready: Any, go: Any, deadline: Any) -> None:
         with kvstore.connect(a.pd, timeout=CLIENT_TIMEOUT_S) as client:
             ready.release()
             go.wait()
-            ctx = workloads.Ctx(a.worker, rec, random.Random(a.seed), deadline.value, a.inject)
+            rng = random.Random(a.seed)
+            ctx = workloads.Ctx(a.worker, rec, rng, math.inf, a.inject, stopped=done.is_set)
             wl.client_loop(client, ctx)
     finally:
         rec.close()
@@ -102,6 +122,8 @@ def run(cfg: RunConfig, progress: Any = None) -> RunOutcome:
         raise NemesisUnavailableError(
             "--pd runs only with --nemesis none (faults need our own processes)"
         )
+    if cfg.pds not in (1, 3):
+        raise InvalidArgumentError(f"a cluster has 1 or 3 PD nodes, not {cfg.pds}")
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     clients_dir = out / "clients"
@@ -110,29 +132,40 @@ def run(cfg: RunConfig, progress: Any = None) -> RunOutcome:
         old.unlink()
     with contextlib.ExitStack() as stack:
         cluster = None
+        power: PowerLossFS | None = None
         if cfg.pd is None:
             from kvstore.server.cluster import LocalCluster
 
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="htapkv-check-"))
+            if wants_power_loss(cfg.nemesis) and "power-loss" in (cfg.disk_faults or DISK_FAULTS):
+                # Entered before the cluster, so closed (unmounted) after it stops.
+                power = stack.enter_context(PowerLossFS(Path(tmp) / "powerloss"))
             cluster = LocalCluster(
                 Path(tmp) / "cluster",
-                pd=1,
+                pd=cfg.pds,
                 stores=3,
                 columnar=1 if cfg.workload == "columnar-eq" else 0,
                 startup_timeout=cfg.startup_timeout,
+                store_data_root=power.mount if power is not None else None,
             )
             stack.callback(cluster.stop)
             cluster.start()
             pd = cluster.pd_addr
         else:
             pd = cfg.pd
-        nemesis = Nemesis(cluster, cfg.nemesis, random.Random(rng.random()))
+        nemesis = Nemesis(
+            cluster,
+            cfg.nemesis,
+            random.Random(rng.random()),
+            power=power,
+            disk_faults=cfg.disk_faults,
+        )
         import kvstore
 
         with kvstore.connect(pd, timeout=30.0) as client:
             wl.setup(client)
         ctx = mp.get_context("spawn")
-        ready, go, shared_deadline = ctx.Semaphore(0), ctx.Event(), ctx.Value("d", 0.0)
+        ready, go, done = ctx.Semaphore(0), ctx.Event(), ctx.Event()
         procs = []
         for i in range(cfg.clients):
             args = _WorkerArgs(
@@ -145,7 +178,7 @@ def run(cfg: RunConfig, progress: Any = None) -> RunOutcome:
             )
             p = ctx.Process(
                 target=_worker,
-                args=(args, ready, go, shared_deadline),
+                args=(args, ready, go, done),
                 name=f"check-client{i + 1}",
             )
             p.start()
@@ -159,7 +192,6 @@ def run(cfg: RunConfig, progress: Any = None) -> RunOutcome:
                 raise RuntimeError("a client process exited or did not connect to the cluster")
         t0 = time.monotonic()
         deadline = t0 + cfg.time
-        shared_deadline.value = deadline
         go.set()
         nemesis.start()
         while (now := time.monotonic()) < deadline and any(p.is_alive() for p in procs):
@@ -168,7 +200,9 @@ def run(cfg: RunConfig, progress: Any = None) -> RunOutcome:
                 note = f"{active.kind} {active.target}" if active else ""
                 progress(now - t0, cfg.time, note)
             time.sleep(min(1.0, max(0.0, deadline - now)))
-        nemesis.stop()
+        nemesis.stop()  # returns once the fault in progress has been repaired
+        done.set()
+        workload_s = time.monotonic() - t0
         # Clients finish their operation in flight (bounded by the call timeout).
         for p in procs:
             p.join(timeout=CLIENT_TIMEOUT_S * 3 + 10)
@@ -192,8 +226,11 @@ def run(cfg: RunConfig, progress: Any = None) -> RunOutcome:
         "workload": cfg.workload,
         "nemesis": cfg.nemesis,
         "time": cfg.time,
+        "workload_s": round(workload_s, 1),
         "seed": seed,
         "clients": cfg.clients,
+        "pds": cfg.pds if cfg.pd is None else None,
+        "power_loss": power is not None,
         "inject": cfg.inject,
         "start": t0,
         "faults": [asdict(f) for f in nemesis.faults],
@@ -214,7 +251,83 @@ def run(cfg: RunConfig, progress: Any = None) -> RunOutcome:
 
 
 def _title(cfg: RunConfig, seed: int) -> str:
-    return f"htapkv check {cfg.workload}, nemesis {cfg.nemesis}, {cfg.time:g} s, seed {seed}"
+    pds = f", {cfg.pds} PD" if cfg.pds != 1 else ""
+    return f"htapkv check {cfg.workload}, nemesis {cfg.nemesis}{pds}, {cfg.time:g} s, seed {seed}"
+
+
+@dataclass
+class SoakOutcome:
+    runs: list[RunOutcome]
+    interrupted: bool  # Ctrl-C ended it (the run in progress is dropped)
+    output: Path
+
+    @property
+    def exit_code(self) -> int:
+        """The worst run's: 0 all valid, 1 anomalies, 2 error or undecided
+        (also when no run finished)."""
+        return max((r.exit_code for r in self.runs), default=2)
+
+
+def soak(
+    cfg: RunConfig,
+    duration: float,
+    progress: Any = None,
+    on_run: Any = None,
+    run_one: Any = None,
+) -> SoakOutcome:
+    """Runs of ``cfg`` back to back, each on a fresh cluster with the next
+    seed (``cfg.seed``, ``cfg.seed + 1``, ...) into ``OUTPUT/run-001``, ...,
+    until ``duration`` seconds have passed, Ctrl-C, or a run that is not
+    valid (its results stay for the post-mortem; ``--seed`` with its seed
+    replays it). Short runs keep each history small enough to check and make
+    every seed a reproducible case; ``soak.json`` lists the runs so far.
+    ``on_run(outcome)`` is called after each run; ``run_one`` replaces
+    :func:`run` (tests)."""
+    run_one = run_one or run
+    first = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(2**31)
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    outcomes: list[RunOutcome] = []
+    interrupted = False
+    end = time.monotonic() + duration
+    try:
+        while time.monotonic() < end:
+            i = len(outcomes) + 1
+            one = replace(cfg, seed=first + i - 1, output=out / f"run-{i:03d}")
+            outcome = run_one(one, progress)
+            outcomes.append(outcome)
+            _write_soak(out, cfg, duration, outcomes, interrupted=False)
+            if on_run is not None:
+                on_run(outcome)
+            if outcome.exit_code != 0:
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+    _write_soak(out, cfg, duration, outcomes, interrupted=interrupted)
+    return SoakOutcome(outcomes, interrupted, out)
+
+
+def _write_soak(
+    out: Path, cfg: RunConfig, duration: float, runs: list[RunOutcome], *, interrupted: bool
+) -> None:
+    summary = {
+        "workload": cfg.workload,
+        "nemesis": cfg.nemesis,
+        "time_per_run": cfg.time,
+        "soak_seconds": duration,
+        "interrupted": interrupted,
+        "runs": [
+            {
+                "output": str(r.output),
+                "seed": r.seed,
+                "valid": r.result.valid,
+                "faults": len(r.faults),
+                "outcomes": r.meta.get("outcomes", {}),
+            }
+            for r in runs
+        ],
+    }
+    (out / "soak.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def _keep_logs(cluster: Any, dest: Path) -> None:

@@ -58,6 +58,9 @@ class Ctx:
     inject: str | None = None
     generation: int = 0
     counter: int = 0
+    # Set by the runner's client processes: the run ends when the parent
+    # says so (after the fault in progress at the deadline), not at a time.
+    stopped: Callable[[], bool] | None = None
 
     @property
     def process(self) -> int:
@@ -69,6 +72,8 @@ class Ctx:
         return self.worker * 1_000_000 + self.counter
 
     def running(self) -> bool:
+        if self.stopped is not None:
+            return not self.stopped()
         return time.monotonic() < self.deadline
 
     def op(self, f: str, value: Any, body: Callable[[], tuple[Outcome, Any]]) -> None:

@@ -3,9 +3,11 @@
 :class:`LocalCluster` is what ``htapkv cluster up`` runs and what tests,
 demos and benchmarks use (as ``kvstore.LocalCluster``): real processes
 (``python -m kvstore.server.pd_server`` / ``store_server --pd``), one data
-directory each under the cluster's, one log file each (appended to across
-restarts), and ``DATA_DIR/cluster.json`` listing every process: name, role,
-addresses and pid.
+directory each under the cluster's (the stores' under ``store_data_root``
+instead when given: another disk, such as the power-losing filesystem of
+``htapkv check``), one log file each in the cluster's directory (appended to
+across restarts), and ``DATA_DIR/cluster.json`` listing every process: name,
+role, addresses and pid.
 
 Ports: with ``base_port`` P, PD node i gets client port P+2i and peer (Raft)
 port P+2i+1, store j gets Kv port P+100+j (its Raft and status ports are
@@ -73,8 +75,9 @@ class ProcessInfo:
 
 
 class _Proc:
-    def __init__(self, info: ProcessInfo, argv: list[str], detach: bool) -> None:
+    def __init__(self, info: ProcessInfo, argv: list[str], detach: bool, log_dir: Path) -> None:
         self.info = info
+        self.log_dir = log_dir
         self.argv = argv
         self.detach = detach
         self.popen: subprocess.Popen[bytes] | None = None
@@ -83,7 +86,7 @@ class _Proc:
 
     @property
     def log_path(self) -> Path:
-        return Path(self.info.data_dir).parent / f"{self.info.name}.log"
+        return self.log_dir / f"{self.info.name}.log"
 
     def start(self, env: dict[str, str] | None = None) -> None:
         Path(self.info.data_dir).mkdir(parents=True, exist_ok=True)
@@ -147,6 +150,7 @@ class LocalCluster:
         store_args: list[str] | None = None,
         pd_args: list[str] | None = None,
         startup_timeout: float = 180.0,
+        store_data_root: str | os.PathLike[str] | None = None,
     ) -> None:
         if pd not in (1, 3):
             raise ClusterError("a cluster has 1 or 3 PD nodes")
@@ -155,6 +159,7 @@ class LocalCluster:
         if columnar < 0:
             raise ClusterError("columnar must be 0 or more")
         self.data_dir = Path(data_dir).resolve()
+        self.store_data_root = Path(store_data_root or self.data_dir).resolve()
         self.n_pd, self.n_stores, self.n_columnar = pd, stores, columnar
         self.base_port = base_port
         self.host = host
@@ -200,7 +205,7 @@ class LocalCluster:
                 ProcessInfo(
                     name=f"store{j + 1}",
                     role="store",
-                    data_dir=str(self.data_dir / f"store{j + 1}"),
+                    data_dir=str(self.store_data_root / f"store{j + 1}"),
                     addr=f"{self.host}:{port}",
                 )
             )
@@ -256,7 +261,7 @@ class LocalCluster:
         infos = self._plan()
         pds = [i for i in infos if i.role == "pd"]
         for info in infos:
-            self.procs[info.name] = _Proc(info, self._argv(info, pds), self.detach)
+            self.procs[info.name] = _Proc(info, self._argv(info, pds), self.detach, self.data_dir)
         try:
             for p in self.procs.values():
                 if p.info.role == "pd":

@@ -18,6 +18,10 @@
 * **disk**: ``failfsync.c`` preloaded into a store: while a trigger file
   exists, ``fsync``/``fdatasync``/``syncfs``/``sync_file_range`` fail with
   ``EIO`` and each failure is logged to a file of the nemesis.
+* **power loss**: :mod:`bench.check.faults.powerloss`, a FUSE filesystem
+  (libfuse 3 through ``mfusepy``, in a server process of its own) under the
+  stores' data directories; it keeps unsynced file data in memory and drops
+  it on demand, for one store's directory at a time.
 
 Shims are compiled at run time (``cc -shared -fPIC``) into the run's
 temporary directory; without a C compiler or libfaketime the fault is

@@ -3,7 +3,9 @@
 What it is for: proving that whatever a process *acknowledged* survives a
 power loss, which kill -9 alone cannot show (after kill -9 the kernel still
 holds every ``write()`` the process made; only a power loss drops what was
-never fsync'd). DESIGN.md §6.
+never fsync'd). DESIGN.md §6. Used by the ``disk`` nemesis of ``htapkv
+check`` (one store loses power: :meth:`PowerLossFS.power_loss` with that
+store's directory) and by ``tests/test_power_loss.py`` (every store at once).
 
 The model (POSIX's minimum guarantee, no more):
 
@@ -12,8 +14,10 @@ The model (POSIX's minimum guarantee, no more):
   handle of it, or a write through a handle opened ``O_SYNC``/``O_DSYNC``)
   makes its current contents durable. A truncation (``truncate``,
   ``ftruncate``, ``open(O_TRUNC)``) and ``fallocate`` that grows the file are
-  data too. :meth:`PowerLossOps.power_loss` drops every unsynced change:
-  each file reverts to its contents as of its last sync.
+  data too. :meth:`PowerLossOps.power_loss` drops every unsynced change
+  (of the whole filesystem, or of the files under one directory: one
+  machine's disk among several on the mount): each file reverts to its
+  contents as of its last sync.
 * **Metadata is durable at once**: create, mkdir, rmdir, unlink, rename,
   link, symlink, chmod/chown, utimens take effect on the backing directory
   immediately and survive a power loss (``fsyncdir`` is therefore a no-op).
@@ -36,8 +40,9 @@ caches neither pages nor sizes: after a power loss every process sees the
 reverted files at once. (``mmap`` of files on the mount is therefore not
 supported; RocksDB does not use it by default.)
 
-The filesystem runs in its own process (``python tests/powerloss_fs.py serve
-BACKING MOUNT SOCKET``), controlled over a Unix socket, so that a hung FUSE
+The filesystem runs in its own process (``python .../powerloss.py serve
+BACKING MOUNT SOCKET``: the file is run as a script, so the server loads
+nothing of htapkv), controlled over a Unix socket, so that a hung FUSE
 call can be cut by killing that process (the kernel then fails every pending
 request with ``ENOTCONN``). :class:`PowerLossFS` starts it, waits for the
 mount, sends :meth:`PowerLossFS.power_loss`, and always unmounts in
@@ -48,13 +53,17 @@ deadline instead of hanging.
 
 Needs libfuse 3 (Debian: ``libfuse3-3``; ``fuse3`` adds ``fusermount3``) and
 the ``mfusepy`` package (ctypes bindings), and the right to mount FUSE (root,
-or ``/dev/fuse`` access plus ``fusermount3``).
+or ``/dev/fuse`` access plus ``fusermount3``): :func:`fuse_unavailable_reason`
+checks the kernel side (tests fail rather than skip without the library),
+:func:`unavailable_reason` everything (the nemesis leaves the fault out).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes.util
 import errno
+import importlib.util
 import json
 import os
 import shutil
@@ -102,11 +111,12 @@ class _Node:
 
 
 def _make_ops_class() -> type:
-    # mfusepy is imported lazily: the parent process (pytest) never loads
-    # libfuse, and a missing library surfaces as the server's start-up error.
+    # mfusepy is imported lazily: the parent process (the nemesis, a test)
+    # never loads libfuse, and a missing library surfaces as the server's
+    # start-up error.
     import mfusepy
 
-    class PowerLossOps(mfusepy.Operations):  # type: ignore[misc,name-defined]
+    class PowerLossOps(mfusepy.Operations):  # type: ignore[misc]
         use_ns = True
 
         def __init__(self, backing: str) -> None:
@@ -212,13 +222,52 @@ def _make_ops_class() -> type:
             }
 
         # ---------------------------------------------------------- control
-        def power_loss(self) -> dict[str, int]:
+        def _inodes_under(self, subdir: str) -> dict[int, str]:
+            """Backing inode -> path (relative to the mount) of every file
+            named under ``subdir``. Names are durable at once, so the backing
+            tree is the current one; an unlinked file still open is not
+            found, and its data is unreachable after the process is gone."""
+            top = os.path.realpath(self._p(subdir))
+            if os.path.commonpath([top, self.root]) != self.root:
+                raise ValueError(f"{subdir!r} is outside the filesystem")
+            out = {}
+            for dirpath, _dirs, names in os.walk(top):
+                for name in names:
+                    path = os.path.join(dirpath, name)
+                    with contextlib.suppress(FileNotFoundError):
+                        st = os.lstat(path)
+                        if stat.S_ISREG(st.st_mode):
+                            out[st.st_ino] = os.path.relpath(path, self.root)
+            return out
+
+        def dirty(self, subdir: str = "") -> dict[str, int]:
+            """Unsynced bytes (whole 4 KiB blocks) per file (path relative to
+            the mount), of the files under ``subdir`` (everything: ``""``)."""
             with self._mu:
-                files = len(self.nodes)
-                dropped = sum(n.dirty_bytes() for n in self.nodes.values())
-                self.nodes.clear()
+                named = self._inodes_under(subdir)
+                return {
+                    named.get(ino, f"(unlinked inode {ino})"): node.dirty_bytes()
+                    for ino, node in self.nodes.items()
+                    if not subdir or ino in named
+                }
+
+        def power_loss(self, subdir: str = "") -> dict[str, Any]:
+            """Drop the unsynced data of every file, or of the files under
+            ``subdir``; report what went (``files``: bytes per path)."""
+            with self._mu:
+                lost = self.dirty(subdir)
+                if subdir:
+                    named = self._inodes_under(subdir)
+                    for ino in [i for i in self.nodes if i in named]:
+                        del self.nodes[ino]
+                else:
+                    self.nodes.clear()
                 self.counters["power_losses"] += 1
-                return {"files": files, "dirty_bytes_dropped": dropped}
+                return {
+                    "files": len(lost),
+                    "dirty_bytes_dropped": sum(lost.values()),
+                    "dropped": dict(sorted(lost.items())),
+                }
 
         def stats(self) -> dict[str, int]:
             with self._mu:
@@ -314,9 +363,9 @@ def _make_ops_class() -> type:
 
         def statfs(self, path: str) -> dict[str, int]:
             sv = os.statvfs(self._p(path))
-            keys = ("f_bavail", "f_bfree", "f_blocks", "f_bsize", "f_favail", "f_ffree")
-            keys += ("f_files", "f_flag", "f_frsize", "f_namemax")
-            return {k: getattr(sv, k) for k in keys}
+            keys = "f_bavail f_bfree f_blocks f_bsize f_favail f_ffree f_files f_flag f_frsize"
+            keys += " f_namemax"
+            return {k: getattr(sv, k) for k in keys.split()}
 
         def access(self, path: str, amode: int) -> int:
             if not os.access(self._p(path), amode):
@@ -446,15 +495,21 @@ def _serve_control(ops: Any, sock_path: str) -> None:
     def handle(conn: socket.socket) -> None:
         with conn, conn.makefile("rwb") as f:
             for line in f:
-                cmd = line.strip().decode()
-                if cmd == "power_loss":
-                    out: dict[str, Any] = ops.power_loss()
-                elif cmd == "stats":
-                    out = ops.stats()
-                elif cmd == "ping":
-                    out = {"ok": 1}
-                else:
-                    out = {"error": f"unknown command {cmd!r}"}
+                # A request is a JSON list: [command, *arguments].
+                cmd, *args = json.loads(line)
+                try:
+                    if cmd == "power_loss":
+                        out: dict[str, Any] = ops.power_loss(*args)
+                    elif cmd == "dirty":
+                        out = {"dirty": ops.dirty(*args)}
+                    elif cmd == "stats":
+                        out = ops.stats()
+                    elif cmd == "ping":
+                        out = {"ok": 1}
+                    else:
+                        out = {"error": f"unknown command {cmd!r}"}
+                except (OSError, ValueError, TypeError) as e:
+                    out = {"error": f"{cmd}: {type(e).__name__}: {e}"}
                 f.write(json.dumps(out).encode() + b"\n")
                 f.flush()
 
@@ -504,6 +559,18 @@ def fuse_unavailable_reason() -> str | None:
     return None
 
 
+def unavailable_reason() -> str | None:
+    """Why a :class:`PowerLossFS` cannot run here (kernel, library or
+    package), or None when it can."""
+    if why := fuse_unavailable_reason():
+        return why
+    if ctypes.util.find_library("fuse3") is None:
+        return "power loss needs libfuse 3 (Debian: apt-get install fuse3)"
+    if importlib.util.find_spec("mfusepy") is None:
+        return "power loss needs the mfusepy package (pip install mfusepy)"
+    return None
+
+
 def _mounted(mount: str) -> bool:
     # Read the mount table rather than stat the mount point: a stat would go
     # to the FUSE server, which is what may be hung.
@@ -527,7 +594,7 @@ class PowerLossFS:
         # A Unix socket path must stay under ~108 bytes: not under tmp_path.
         self._sock_dir = tempfile.mkdtemp(prefix="plfs-")
         self.sock_path = os.path.join(self._sock_dir, "ctl.sock")
-        self.log_path = self.root / "powerloss_fs.log"
+        self.log_path = self.root / "powerloss.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -612,11 +679,11 @@ class PowerLossFS:
             self.proc.wait(timeout=10)
 
     # ------------------------------------------------------------ control
-    def _call(self, cmd: str) -> dict[str, Any]:
+    def _call(self, cmd: str, *args: str) -> dict[str, Any]:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(CALL_TIMEOUT_S)
             s.connect(self.sock_path)
-            s.sendall(cmd.encode() + b"\n")
+            s.sendall(json.dumps([cmd, *args]).encode() + b"\n")
             buf = b""
             while not buf.endswith(b"\n"):
                 chunk = s.recv(65536)
@@ -624,12 +691,28 @@ class PowerLossFS:
                     raise ConnectionError(f"FUSE server closed the control socket: {cmd}")
                 buf += chunk
         out: dict[str, Any] = json.loads(buf)
+        if "error" in out:
+            raise RuntimeError(f"powerloss filesystem: {out['error']}")
         return out
 
-    def power_loss(self) -> dict[str, Any]:
-        """Drop every unsynced change. Stop the processes writing to the
-        mount first: a write that lands after this is simply unsynced again."""
-        return self._call("power_loss")
+    def _subdir(self, under: str | os.PathLike[str] | None) -> str:
+        if under is None:
+            return ""
+        return str(Path(os.path.abspath(under)).relative_to(os.path.abspath(self.mount)))
+
+    def power_loss(self, under: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+        """Drop every unsynced change, or those of the files under the
+        directory ``under`` (a path on the mount): ``{"files": n,
+        "dirty_bytes_dropped": bytes, "dropped": {path: bytes}}``. Stop the
+        processes writing there first: a write that lands after this is
+        simply unsynced again."""
+        return self._call("power_loss", self._subdir(under))
+
+    def dirty(self, under: str | os.PathLike[str] | None = None) -> dict[str, int]:
+        """Unsynced bytes per file (path relative to the mount), of every
+        file or of those under the directory ``under``."""
+        got = self._call("dirty", self._subdir(under))["dirty"]
+        return {str(k): int(v) for k, v in got.items()}
 
     def stats(self) -> dict[str, Any]:
         return self._call("stats")
@@ -665,4 +748,4 @@ if __name__ == "__main__":
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         serve(sys.argv[2], sys.argv[3], sys.argv[4])
     else:
-        sys.exit("usage: powerloss_fs.py serve BACKING MOUNT CONTROL_SOCKET")
+        sys.exit("usage: powerloss.py serve BACKING MOUNT CONTROL_SOCKET")
