@@ -61,6 +61,7 @@ from sql.values import coerce, literal
 __all__ = ["Catalog", "ColumnSpec", "SchemaChangedError", "table_definition"]
 
 T = exp.DataType.Type
+SCHEMA_CACHE_SIZE = 256
 _TYPES: dict[Any, str] = {
     T.BIGINT: "BIGINT",
     T.INT: "INT",
@@ -191,6 +192,10 @@ class Catalog:
     def __init__(self, client: Client) -> None:
         self.client = client
         self._ids: dict[str, int] = {}
+        # Decoded schemas by their stored bytes: an OLTP transaction reads a
+        # handful of schemas, and parsing their JSON each time cost more than
+        # the rest of a point select. TableInfo is immutable, so sharing is safe.
+        self._decoded: dict[bytes, TableInfo] = {}
         # Per open transaction: the schema versions its commit check verifies.
         self._guarded: weakref.WeakKeyDictionary[Transaction, dict[int, int]] = (
             weakref.WeakKeyDictionary()
@@ -225,7 +230,7 @@ class Catalog:
             got = txn.batch_get([table_meta_key(t) for t in cached.values()])
             for n, tid in cached.items():
                 raw = got.get(table_meta_key(tid))
-                info = TableInfo.from_json(raw) if raw is not None else None
+                info = self._decode(raw) if raw is not None else None
                 if info is not None and info.name == n:
                     out[n] = info
                 else:
@@ -241,9 +246,18 @@ class Catalog:
                 raw = metas.get(table_meta_key(int(ids[table_name_key(n)])))
                 if raw is None:
                     raise UnknownTableError(f"unknown table {n!r}")
-                out[n] = TableInfo.from_json(raw)
+                out[n] = self._decode(raw)
                 self._ids[n] = out[n].id
         return out
+
+    def _decode(self, raw: bytes) -> TableInfo:
+        info = self._decoded.get(raw)
+        if info is None:
+            info = TableInfo.from_json(raw)
+            if len(self._decoded) >= SCHEMA_CACHE_SIZE:
+                self._decoded.clear()  # rare (DDL-heavy use): start afresh
+            self._decoded[raw] = info
+        return info
 
     def table_names(self, txn: Transaction) -> list[str]:
         end = META_NAME_PREFIX[:-1] + bytes((META_NAME_PREFIX[-1] + 1,))
@@ -266,7 +280,7 @@ class Catalog:
                     snap.rollback()
                 for tid, version in seen.items():
                     raw = got.get(table_meta_key(tid))
-                    now = None if raw is None else TableInfo.from_json(raw).version
+                    now = None if raw is None else self._decode(raw).version
                     if now != version:
                         raise SchemaChangedError(
                             f"table #{tid} changed schema (version {version} -> {now}) "
