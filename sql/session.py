@@ -62,6 +62,7 @@ from kvstore.tablecodec import (
     IndexInfo,
     Kind,
     TableInfo,
+    decode_pylist,
     decode_rows,
     index_values_key,
     row_key,
@@ -686,16 +687,15 @@ class Session:
             raise DataError(str(e)) from None
 
     def _existing(
-        self, txn: Transaction, info: TableInfo, rows: Sequence[Mapping[str, Any]]
+        self, txn: Transaction, info: TableInfo, encoded: Sequence[_Encoded]
     ) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
         """Current row values by row key, and unique-index entries (key ->
         handle) that the given rows would collide with."""
         keys: list[bytes] = []
         ukeys: list[bytes] = []
-        for r in rows:
-            handle, _ = info.encode_canonical(r)
-            keys.append(row_key(info.id, handle))
-            ukeys.extend(k for k, _, uniq in info.index_entries(handle, r) if uniq)
+        for key, _, _, entries in encoded:
+            keys.append(key)
+            ukeys.extend(k for k, _, uniq in entries if uniq)
         got = txn.batch_get(keys + ukeys)
         return {k: got[k] for k in keys if k in got}, {k: got[k] for k in ukeys if k in got}
 
@@ -707,13 +707,14 @@ class Session:
         conflict: exp.OnConflict | None,
         ignore: bool,
     ) -> int:
-        existing, taken = self._existing(txn, info, rows)
-        seen: set[bytes] = set()
-        n = 0
+        encoded = []
         for r in rows:
             handle, value = info.encode_canonical(r)
-            key = row_key(info.id, handle)
-            entries = info.index_entries(handle, r)
+            encoded.append((row_key(info.id, handle), handle, value, info.index_entries(handle, r)))
+        existing, taken = self._existing(txn, info, encoded)
+        seen: set[bytes] = set()
+        n = 0
+        for r, (key, handle, value, entries) in zip(rows, encoded, strict=True):
             clash = [k for k, _, uniq in entries if uniq and k in taken and taken[k] != handle]
             if key in existing or key in seen or clash:
                 if ignore:
@@ -793,7 +794,7 @@ class Session:
             kw = key_where(where.this if where else None, {})
             found = None if kw is None else _key_fetch(info, kw, (), txn)
         if found is not None:
-            return info, decode_rows(info, found[1]).to_pylist()
+            return info, decode_pylist(info, found[1])
         select = exp.select("*").from_(exp.Table(this=exp.to_identifier(target.name)))
         if where is not None:
             select.set("where", where.copy())
@@ -823,7 +824,7 @@ class Session:
         found = _key_fetch(info, shape.where, values, txn)
         if found is None:
             raise Fallback
-        rows = decode_rows(info, found[1]).to_pylist()
+        rows = decode_pylist(info, found[1])
         self._mark_written(txn, info)
         sets: list[tuple[ColumnInfo, RowValue]] = [
             (_set_column(info, name), partial(fn, values)) for name, fn in shape.sets
@@ -858,7 +859,7 @@ class Session:
         found = _key_fetch(info, shape.where, values, txn)
         if found is None:
             raise Fallback
-        return self._delete_rows(txn, info, decode_rows(info, found[1]).to_pylist())
+        return self._delete_rows(txn, info, decode_pylist(info, found[1]))
 
     def _delete_rows(self, txn: Transaction, info: TableInfo, rows: list[dict[str, Any]]) -> Result:
         self._mark_written(txn, info)
@@ -1079,6 +1080,9 @@ def _index_lookup(info: TableInfo, idx: IndexInfo, values: list[Any]) -> tuple[s
         return f"unique index {idx.name}", _by_handles(info, unique)
     return f"index {idx.name}", _by_handles(info, nonunique)
 
+
+# A row to insert: (row key, handle, value, index entries).
+_Encoded = tuple[bytes, bytes, bytes, list[tuple[bytes, bytes, bool]]]
 
 # A SET value: ``old row -> new value``.
 RowValue = Callable[[Mapping[str, Any]], Any]
