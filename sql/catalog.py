@@ -219,16 +219,22 @@ class Catalog:
         self._ids[name] = info.id
         return info
 
-    def tables(self, txn: Transaction, names: Iterable[str]) -> dict[str, TableInfo]:
+    def tables(
+        self, txn: Transaction, names: Iterable[str], also: Iterable[str] = ()
+    ) -> dict[str, TableInfo]:
         """Several schemas in at most two round trips (one batch_get of the
         cached ids' schemas, one of the names not cached yet), instead of one
-        or two per table."""
+        or two per table. The schemas of ``also`` (names whose id is cached)
+        come in the first round trip too, if they still exist; an OLTP
+        transaction touches its tables one statement at a time, and would
+        otherwise pay one round trip for each."""
         names = list(dict.fromkeys(names))
         out: dict[str, TableInfo] = {}
         cached = {n: self._ids[n] for n in names if n in self._ids}
+        extra = {n: self._ids[n] for n in also if n in self._ids and n not in cached}
         if cached:
-            got = txn.batch_get([table_meta_key(t) for t in cached.values()])
-            for n, tid in cached.items():
+            got = txn.batch_get([table_meta_key(t) for t in (*cached.values(), *extra.values())])
+            for n, tid in (*cached.items(), *extra.items()):
                 raw = got.get(table_meta_key(tid))
                 info = self._decode(raw) if raw is not None else None
                 if info is not None and info.name == n:
@@ -249,6 +255,10 @@ class Catalog:
                 out[n] = self._decode(raw)
                 self._ids[n] = out[n].id
         return out
+
+    def known_tables(self, limit: int) -> list[str]:
+        """Up to ``limit`` table names whose ids are cached, newest first."""
+        return list(reversed(self._ids))[:limit]
 
     def _decode(self, raw: bytes) -> TableInfo:
         info = self._decoded.get(raw)

@@ -103,6 +103,7 @@ ENGINES = ("auto", "row", "columnar")
 AUTOCOMMIT_RETRIES = 10
 PARSE_CACHE_SIZE = 512
 PLAN_CACHE_SIZE = 256
+SCHEMA_PREFETCH = 16
 # How long a columnar scan waits for a lagging replica before the row store answers.
 COLUMNAR_MAX_WAIT_S = 5.0
 # Scans of one query run side by side (see _Router.prefetch); shared by sessions.
@@ -488,7 +489,12 @@ class Session:
             self._schema_ts, self._schema_cache = txn.start_ts, {}
         missing = [n for n in names if n not in self._schema_cache]
         if missing:
-            self._schema_cache.update(self.catalog.tables(txn, missing))
+            # The other tables this session uses come along in the same round
+            # trip: the transaction will likely want them too.
+            also = [
+                n for n in self.catalog.known_tables(SCHEMA_PREFETCH) if n not in self._schema_cache
+            ]
+            self._schema_cache.update(self.catalog.tables(txn, missing, also))
         return {n: self._schema_cache[n] for n in names}
 
     def _table(self, txn: Transaction, name: str) -> TableInfo:

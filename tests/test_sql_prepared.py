@@ -261,6 +261,8 @@ def test_schema_changes_between_executions(pair: Pair) -> None:
     pair.run(by_qty, (62,), expect_prepared=True)
     pair.run("DROP TABLE acct")
     pair.run(sel, (1,))
+    # The session read acct's schema along with line's before; now it is gone.
+    pair.run("SELECT * FROM line WHERE w = ? AND d = ? AND k = ?", (5, 5, 8))
     pair.run(SCHEMA[0])
     pair.run(sel, (1,), expect_prepared=True)
 
