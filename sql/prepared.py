@@ -51,6 +51,7 @@ __all__ = [
     "SetValue",
     "Slot",
     "bind",
+    "compile_value",
     "key_where",
     "point_select",
     "placeholders",
