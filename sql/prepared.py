@@ -10,7 +10,9 @@ execution only converts its parameters and drops them into the access path.
 The shapes, each exactly what :mod:`sql.session`'s general path answers
 without the planner:
 
-* :class:`PointSelect`: ``SELECT col, ...|* FROM t WHERE <key> [FOR UPDATE]``;
+* :class:`PointSelect`: ``SELECT col, ...|* FROM t WHERE <key> [FOR UPDATE]``,
+  and ``SELECT ... WHERE <index or primary-key prefix> [ORDER BY col, ...]``
+  (the general path plans these: 20 ms per new parameter value);
 * :class:`InsertValues`: ``INSERT [IGNORE] INTO t [(cols)] VALUES (...), ...``;
 * :class:`KeyUpdate`: ``UPDATE t SET c = <arithmetic> ... WHERE <key>``;
 * :class:`KeyDelete`: ``DELETE FROM t WHERE <key>``;
@@ -91,8 +93,7 @@ def _resolve(v: Any, params: Sequence[Any]) -> Any:
 @dataclass(frozen=True)
 class KeyWhere:
     """``col = value AND ... [AND col IN (value, ...)]``; a value is a
-    constant or a :class:`Slot`. A column named twice keeps its last value,
-    as the general path does."""
+    constant or a :class:`Slot`; each column is named once."""
 
     eqs: tuple[tuple[str, Any], ...]
     in_list: tuple[str, tuple[Any, ...]] | None
@@ -119,6 +120,8 @@ def key_where(where: exp.Expr | None, slots: Mapping[int, int]) -> KeyWhere | No
             )
             if not isinstance(col, exp.Column) or isinstance(lit, exp.Column):
                 return None
+            if any(name == col.name for name, _ in eqs):
+                return None  # a = 1 AND a = 2 is no key lookup: the planner sees it is empty
             try:
                 eqs.append((col.name, _value(lit, slots)))
             except Error:
@@ -141,9 +144,11 @@ class PointSelect:
     columns: tuple[str | None, ...]  # None stands for ``*``
     where: KeyWhere
     lock: bool
+    # ORDER BY (column, descending); only a prepared execution answers one.
+    order: tuple[tuple[str, bool], ...] = ()
 
 
-_SELECT_NOT = ("joins", "group", "having", "order", "limit", "offset", "distinct", "with_")
+_SELECT_NOT = ("joins", "group", "having", "limit", "offset", "distinct", "with_")
 
 
 def point_select(stmt: exp.Expr, slots: Mapping[int, int]) -> PointSelect | None:
@@ -153,6 +158,14 @@ def point_select(stmt: exp.Expr, slots: Mapping[int, int]) -> PointSelect | None
     for arg in _SELECT_NOT:
         if stmt.args.get(arg):
             return None
+    order: list[tuple[str, bool]] = []
+    ordered = stmt.args.get("order")
+    for o in ordered.expressions if ordered else ():
+        if not isinstance(o, exp.Ordered) or not isinstance(o.this, exp.Column):
+            return None
+        if not isinstance(o.this.this, exp.Identifier):
+            return None
+        order.append((o.this.name, bool(o.args.get("desc"))))
     src = stmt.args.get("from_") or stmt.args.get("from")
     if src is None or not isinstance(src.this, exp.Table):
         return None
@@ -168,7 +181,10 @@ def point_select(stmt: exp.Expr, slots: Mapping[int, int]) -> PointSelect | None
     kw = key_where(where.this if where else None, slots)
     if kw is None:
         return None
-    return PointSelect(src.this.name, tuple(cols), kw, bool(stmt.args.get("locks")))
+    locks = bool(stmt.args.get("locks"))
+    if order and locks:
+        return None
+    return PointSelect(src.this.name, tuple(cols), kw, locks, tuple(order))
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ from functools import partial
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlglot
 import sqlglot.errors
 from sqlglot import exp
@@ -236,7 +237,7 @@ class Session:
                 p.prepared_read = True
             if p.prepared is not None:
                 try:
-                    return self._run_prepared(*p.prepared, params)
+                    return self._run_prepared(*p.prepared, params, hinted=bool(p.hints))
                 except Fallback:
                     pass
             self._plan_key = (p.text, tuple(params)) if all(_hashable(v) for v in params) else None
@@ -249,14 +250,16 @@ class Session:
         except sqlglot.errors.SqlglotError as e:
             raise ProgrammingError(str(e)) from e
 
-    def _run_prepared(self, shape: Prepared, n_params: int, params: Sequence[Any]) -> Result:
+    def _run_prepared(
+        self, shape: Prepared, n_params: int, params: Sequence[Any], hinted: bool
+    ) -> Result:
         """Run a prepared statement with these parameters, as the general
         path would; raises Fallback to have the general path run it."""
         values = bind(params, n_params)
         if isinstance(shape, PointSelect):
             if shape.lock:
-                return self._in_txn(lambda txn: self._prepared_select(shape, values, txn))
-            return self._read_only(lambda txn: self._prepared_select(shape, values, txn))
+                return self._in_txn(lambda txn: self._prepared_select(shape, values, txn, hinted))
+            return self._read_only(lambda txn: self._prepared_select(shape, values, txn, hinted))
         if isinstance(shape, InsertValues):
             return self._in_txn(lambda txn: self._prepared_insert(shape, values, txn))
         if isinstance(shape, KeyUpdate):
@@ -567,22 +570,62 @@ class Session:
         if len(tables) != 1:
             return None
         shape = point_select(stmt, {})
-        if shape is None:
+        if shape is None or shape.order:
             return None
         (info,) = tables.values()
         return self._point_rows(info, shape, (), txn, lock)
 
     def _prepared_select(
-        self, shape: PointSelect, values: Sequence[Any], txn: Transaction
+        self, shape: PointSelect, values: Sequence[Any], txn: Transaction, hinted: bool
     ) -> Result:
         # As _query then _point_select, for a statement of one table.
         info = self._table(txn, shape.table)
         if shape.lock:
             self._mark_written(txn, info)
-        table = self._point_rows(info, shape, values, txn, shape.lock)
+        table = None if shape.order else self._point_rows(info, shape, values, txn, shape.lock)
+        if table is None and not hinted:
+            # A hint may route the planner's scan to the columnar replica,
+            # whose fallback adds a warning: leave hinted statements to it.
+            table = self._prefix_rows(info, shape, values, txn)
         if table is None:
             raise Fallback
         return Result(table, table.num_rows)
+
+    def _prefix_rows(
+        self, info: TableInfo, shape: PointSelect, values: Sequence[Any], txn: Transaction
+    ) -> pa.Table | None:
+        """What the planner answers for ``SELECT bare columns FROM t WHERE
+        <equalities on exactly the columns of an index or a primary-key
+        prefix> [ORDER BY NOT NULL columns]``: the rows of that lookup (each
+        matches every equality), sorted stably in the order the row store
+        gives them, as the executor sorts them."""
+        if self.read_engine != "auto" or shape.lock:
+            return None  # the engine a setting picks may add warnings
+        cols: list[str] = []
+        for name in shape.columns:
+            if name is None:
+                cols.extend(info.column_names)
+            elif name in info.column_names:
+                cols.append(name)
+            else:
+                return None
+        order = []
+        for name, desc in shape.order:
+            if name not in info.column_names or info.column(name).nullable:
+                return None
+            order.append((name, "descending" if desc else "ascending"))
+        if len(set(cols)) != len(cols):
+            return None
+        found = _prefix_fetch(info, shape.where, values, txn)
+        if found is None:
+            return None
+        wanted = list(dict.fromkeys(cols + [n for n, _ in order]))
+        table = pa.Table.from_batches([decode_rows(info, found, wanted)])
+        if order and table.num_rows > 1:
+            table = table.take(pc.sort_indices(table, sort_keys=order))
+        table = table.select(cols)
+        # The executor's results declare every column nullable.
+        return table.cast(pa.schema([f.with_nullable(True) for f in table.schema]))
 
     def _point_rows(
         self,
@@ -1107,6 +1150,42 @@ def _insert_columns(info: TableInfo, name: str, listed: Sequence[str]) -> list[s
         if c not in info.column_names:
             raise UnknownColumnError(f"unknown column {c!r} in table {name!r}")
     return columns
+
+
+_EXACT_TYPES: dict[Kind, type] = {Kind.INT: int, Kind.STRING: str, Kind.DATE: dt.date}
+
+
+def _prefix_fetch(
+    info: TableInfo, where: KeyWhere, params: Sequence[Any], txn: Transaction
+) -> list[bytes] | None:
+    """Row values of the rows a WHERE of ANDed ``col = value`` selects
+    through a non-unique index or a primary-key prefix whose columns are
+    exactly the WHERE's, or None. Only values whose key equality is SQL's
+    equality qualify: an int, str or date for a column of that type (a
+    timestamp would match a DATE key after truncation, but not in SQL)."""
+    eqs, in_list = where.bind(params)
+    if in_list is not None or not eqs or not set(eqs) <= set(info.column_names):
+        return None
+    pk = [c.name for c in info.pk_columns]
+    # The columns of the path _access_path takes for these equalities.
+    path: list[str] | None = next(
+        (list(i.columns) for i in info.indexes if all(n in eqs for n in i.columns)), None
+    )
+    if path is None:
+        k = 0
+        while k < len(pk) and pk[k] in eqs:
+            k += 1
+        path = pk[:k]
+    if set(path) != set(eqs) or set(pk) <= set(eqs):
+        return None
+    if any(v is None for v in eqs.values()):
+        return []  # col = NULL is never true
+    if any(_EXACT_TYPES.get(info.column(n).kind) is not type(v) for n, v in eqs.items()):
+        return None
+    access = _access_path(info, [(k, "=", v) for k, v in eqs.items()])
+    if access is None:
+        return None
+    return access[1](txn)[1]
 
 
 def _key_fetch(

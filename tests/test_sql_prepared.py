@@ -53,16 +53,17 @@ class Pair:
             cur.execute(text, params)
         except sql.Error as e:
             return type(e), str(e)
-        got = cur.fetchall() if cur.description is not None else None
-        return got, cur.rowcount
+        if cur.description is None:
+            return None, cur.rowcount
+        return cur.fetchall(), cur.rowcount, cur.description, cur.warnings
 
     def run(self, text: str, params: Sequence[Any] = (), *, expect_prepared: bool = False) -> Any:
         session = self.fast.session
         real = Session._run_prepared
         hits: list[int] = []
 
-        def counting(s: Session, *a: Any) -> Any:
-            out = real(s, *a)
+        def counting(s: Session, *a: Any, **k: Any) -> Any:
+            out = real(s, *a, **k)
             hits.append(1)
             return out
 
@@ -117,14 +118,59 @@ def test_point_selects_match_the_general_path(pair: Pair) -> None:
     pair.run("SELECT id FROM acct WHERE id = ?", (2**70,))
 
 
+def test_index_and_key_prefix_selects_match_the_planner(pair: Pair) -> None:
+    pair.run("CREATE INDEX by_n ON acct (n)")
+    pair.run("CREATE INDEX by_qty ON line (qty)")
+    pair.run(
+        "INSERT INTO line VALUES (1, 1, 3, 6, 2.00), (1, 1, 4, 5, NULL), (2, 1, 1, 6, 1.00), "
+        "(1, 2, 2, 6, 4.00)"
+    )
+    pair.run("INSERT INTO acct (id, owner, n) VALUES (7, 'g', 3), (8, 'h', 3)")
+    for text, params in [
+        ("SELECT k, qty, amount FROM line WHERE w = ? AND d = ?", (1, 1)),
+        ("SELECT * FROM line WHERE d = ? AND w = ? ORDER BY k DESC", (1, 1)),
+        ("SELECT k FROM line WHERE w = ? ORDER BY qty, d DESC", (1,)),  # ties on qty
+        ("SELECT w, d, k FROM line WHERE qty = ? ORDER BY k", (6,)),  # the index
+        ("SELECT w, d, k FROM line WHERE qty = ?", (6,)),
+        ("SELECT id, owner FROM acct WHERE n = ? ORDER BY owner DESC", (3,)),
+        ("SELECT id FROM acct WHERE n = ?", (99,)),
+    ]:
+        pair.run(text, params, expect_prepared=True)
+    for text, params in [
+        ("SELECT k FROM line WHERE w = ? AND d = ? ORDER BY amount", (1, 1)),  # nullable key
+        ("SELECT k FROM line WHERE w = ? AND qty = ?", (1, 6)),  # neither path exactly
+        ("SELECT k FROM line WHERE d = ?", (1,)),  # not a prefix
+        ("SELECT k, k FROM line WHERE w = ? AND d = ?", (1, 1)),
+        ("SELECT k FROM line WHERE w = ? AND d = ? ORDER BY nope", (1, 1)),
+        ("SELECT k FROM line WHERE w = ? AND d = ?", (D("1"), 1.0)),
+        ("SELECT k FROM line WHERE w = ? AND d = ?", ("1", True)),
+        ("SELECT /*+ READ_FROM_STORAGE(ROW[line]) */ k FROM line WHERE w = ? AND d = ?", (1, 1)),
+        ("SELECT k FROM line WHERE w = ? AND d = ? FOR UPDATE", (1, 1)),
+        ("SELECT v FROM line WHERE w = ? AND w = ?", (1, 2)),
+        ("SELECT k FROM line WHERE w = ? AND w = ?", (1, 2)),
+        ("SELECT id FROM acct WHERE id = ? AND id = ?", (1, 2)),
+        ("UPDATE acct SET n = 0 WHERE id = ? AND id = ?", (1, 2)),
+    ]:
+        pair.run(text, params)
+    pair.run("SET htapkv_read_engine = 'row'")
+    pair.run("SELECT k FROM line WHERE w = ? AND d = ?", (1, 1))
+    pair.run(ALL)
+
+
 def test_null_parameters_match_nothing(pair: Pair) -> None:
-    assert pair.run("SELECT * FROM acct WHERE id = ?", (None,), expect_prepared=True) == ([], 0)
-    assert pair.run("SELECT qty FROM line WHERE w = ? AND d = ? AND k = ?", (1, 1, None)) == (
+    assert pair.run("SELECT * FROM acct WHERE id = ?", (None,), expect_prepared=True)[:2] == (
         [],
         0,
     )
+    assert pair.run("SELECT qty FROM line WHERE w = ? AND d = ? AND k = ?", (1, 1, None))[:2] == (
+        [],
+        0,
+    )
+    assert pair.run("SELECT qty FROM line WHERE w = ? AND d = ?", (1, None))[:2] == ([], 0)
     # A NULL in one key column once turned the lookup into a prefix scan.
-    assert pair.run("UPDATE line SET qty = 0 WHERE w = ? AND d = ? AND k = ?", (1, 1, None)) == (
+    assert pair.run("UPDATE line SET qty = 0 WHERE w = ? AND d = ? AND k = ?", (1, 1, None))[
+        :2
+    ] == (
         None,
         0,
     )
@@ -311,7 +357,10 @@ def test_shapes_left_to_the_general_path() -> None:
 
     for text in [
         "SELECT a + 1 FROM t WHERE k = ?",
-        "SELECT a FROM t WHERE k = ? ORDER BY a",
+        "SELECT a FROM t WHERE k = ? ORDER BY a + 1",
+        "SELECT a FROM t WHERE k = ? ORDER BY a LIMIT 1",
+        "SELECT a FROM t WHERE k = ? ORDER BY a FOR UPDATE",
+        "SELECT a FROM t WHERE k = ? AND k = ?",
         "SELECT a FROM t WHERE k = ? + 1",
         "SELECT a FROM t WHERE k > ?",
         "SELECT a FROM t, u WHERE k = ?",
