@@ -11,7 +11,8 @@ The shapes, each exactly what :mod:`sql.session`'s general path answers
 without the planner:
 
 * :class:`PointSelect`: ``SELECT col, ...|* FROM t WHERE <key> [FOR UPDATE]``,
-  and ``SELECT ... WHERE <index or primary-key prefix> [ORDER BY col, ...]``
+  and ``SELECT col, ...|MAX(col)|MIN(col) ... WHERE <index or primary-key
+  prefix> [ORDER BY col, ...]``
   (the general path plans these: 20 ms per new parameter value);
 * :class:`InsertValues`: ``INSERT [IGNORE] INTO t [(cols)] VALUES (...), ...``;
 * :class:`KeyUpdate`: ``UPDATE t SET c = <arithmetic> ... WHERE <key>``;
@@ -144,8 +145,10 @@ class PointSelect:
     columns: tuple[str | None, ...]  # None stands for ``*``
     where: KeyWhere
     lock: bool
-    # ORDER BY (column, descending); only a prepared execution answers one.
+    # ORDER BY (column, descending), or instead of columns one MAX/MIN:
+    # (function, column, result name). Only a prepared execution answers these.
     order: tuple[tuple[str, bool], ...] = ()
+    aggregate: tuple[str, str, str] | None = None
 
 
 _SELECT_NOT = ("joins", "group", "having", "limit", "offset", "distinct", "with_")
@@ -170,7 +173,8 @@ def point_select(stmt: exp.Expr, slots: Mapping[int, int]) -> PointSelect | None
     if src is None or not isinstance(src.this, exp.Table):
         return None
     cols: list[str | None] = []
-    for e in stmt.expressions:
+    aggregate = _min_max(stmt.expressions)
+    for e in stmt.expressions if aggregate is None else ():
         if isinstance(e, exp.Star):
             cols.append(None)
         elif isinstance(e, exp.Column) and not isinstance(e.this, exp.Star):
@@ -182,9 +186,25 @@ def point_select(stmt: exp.Expr, slots: Mapping[int, int]) -> PointSelect | None
     if kw is None:
         return None
     locks = bool(stmt.args.get("locks"))
-    if order and locks:
+    if ((order or aggregate) and locks) or (order and aggregate):
         return None
-    return PointSelect(src.this.name, tuple(cols), kw, locks, tuple(order))
+    return PointSelect(src.this.name, tuple(cols), kw, locks, tuple(order), aggregate)
+
+
+def _min_max(projections: Sequence[exp.Expr]) -> tuple[str, str, str] | None:
+    """``(function, column, result name)`` of a lone ``MAX(col)`` or
+    ``MIN(col)`` projection, named as the general path names it."""
+    if len(projections) != 1:
+        return None
+    e = projections[0]
+    f = e.this if isinstance(e, exp.Alias) else e
+    if not isinstance(f, (exp.Max, exp.Min)) or f.expressions:
+        return None
+    col = f.this
+    if not isinstance(col, exp.Column) or not isinstance(col.this, exp.Identifier):
+        return None
+    name = e.alias_or_name if isinstance(e, exp.Alias) else e.sql("mysql")
+    return ("max" if isinstance(f, exp.Max) else "min", col.name, name)
 
 
 @dataclass(frozen=True)

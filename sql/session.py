@@ -570,7 +570,7 @@ class Session:
         if len(tables) != 1:
             return None
         shape = point_select(stmt, {})
-        if shape is None or shape.order:
+        if shape is None or shape.order or shape.aggregate:
             return None
         (info,) = tables.values()
         return self._point_rows(info, shape, (), txn, lock)
@@ -582,7 +582,11 @@ class Session:
         info = self._table(txn, shape.table)
         if shape.lock:
             self._mark_written(txn, info)
-        table = None if shape.order else self._point_rows(info, shape, values, txn, shape.lock)
+        table = (
+            None
+            if shape.order or shape.aggregate
+            else self._point_rows(info, shape, values, txn, shape.lock)
+        )
         if table is None and not hinted:
             # A hint may route the planner's scan to the columnar replica,
             # whose fallback adds a warning: leave hinted statements to it.
@@ -598,9 +602,11 @@ class Session:
         <equalities on exactly the columns of an index or a primary-key
         prefix> [ORDER BY NOT NULL columns]``: the rows of that lookup (each
         matches every equality), sorted stably in the order the row store
-        gives them, as the executor sorts them."""
+        gives them, as the executor sorts them; or their MAX/MIN."""
         if self.read_engine != "auto" or shape.lock:
             return None  # the engine a setting picks may add warnings
+        if shape.aggregate is not None:
+            return self._prefix_min_max(info, shape, shape.aggregate, values, txn)
         cols: list[str] = []
         for name in shape.columns:
             if name is None:
@@ -654,6 +660,26 @@ class Session:
             txn.lock_keys(*keys)  # absent keys too: no write skew through them
         # Only bare columns and * get here, so the names are the columns'.
         return pa.Table.from_batches([decode_rows(info, rows, cols)])
+
+    def _prefix_min_max(
+        self,
+        info: TableInfo,
+        shape: PointSelect,
+        aggregate: tuple[str, str, str],
+        values: Sequence[Any],
+        txn: Transaction,
+    ) -> pa.Table | None:
+        fn, name, out = aggregate
+        if name not in info.column_names or info.column(name).kind not in _MIN_MAX_KINDS:
+            return None
+        found = _prefix_fetch(info, shape.where, values, txn)
+        if found is None:
+            return None
+        col = info.column(name)
+        arr = decode_rows(info, found, [name]).column(0) if found else pa.array([], col.arrow_type)
+        value = (pc.max if fn == "max" else pc.min)(arr).as_py()
+        # One row, NULL over no rows, typed and named as the executor's.
+        return pa.table({out: pa.array([value], col.arrow_type)})
 
     # ------------------------------------------------------------------ DML
     def _mark_written(self, txn: Transaction, info: TableInfo) -> None:
@@ -1153,6 +1179,7 @@ def _insert_columns(info: TableInfo, name: str, listed: Sequence[str]) -> list[s
 
 
 _EXACT_TYPES: dict[Kind, type] = {Kind.INT: int, Kind.STRING: str, Kind.DATE: dt.date}
+_MIN_MAX_KINDS = (Kind.INT, Kind.DECIMAL, Kind.STRING, Kind.DATE, Kind.TIMESTAMP)
 
 
 def _prefix_fetch(

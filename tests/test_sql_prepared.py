@@ -134,6 +134,14 @@ def test_index_and_key_prefix_selects_match_the_planner(pair: Pair) -> None:
         ("SELECT w, d, k FROM line WHERE qty = ?", (6,)),
         ("SELECT id, owner FROM acct WHERE n = ? ORDER BY owner DESC", (3,)),
         ("SELECT id FROM acct WHERE n = ?", (99,)),
+        ("SELECT max(k) FROM line WHERE w = ? AND d = ?", (1, 1)),
+        ("SELECT MIN(amount) AS low FROM line WHERE w = ? AND d = ?", (1, 1)),
+        ("SELECT max(amount) FROM line WHERE w = ?", (2,)),
+        ("SELECT max(line.k) FROM line WHERE w = ? AND d = ?", (9, 9)),  # no rows: NULL
+        ("SELECT min(d) FROM line WHERE qty = ?", (6,)),
+        ("SELECT max(owner) FROM acct WHERE n = ?", (3,)),
+        ("SELECT min(opened) FROM acct WHERE n = ?", (3,)),
+        ("SELECT max(seen) FROM acct WHERE n = ?", (3,)),
     ]:
         pair.run(text, params, expect_prepared=True)
     for text, params in [
@@ -150,6 +158,12 @@ def test_index_and_key_prefix_selects_match_the_planner(pair: Pair) -> None:
         ("SELECT k FROM line WHERE w = ? AND w = ?", (1, 2)),
         ("SELECT id FROM acct WHERE id = ? AND id = ?", (1, 2)),
         ("UPDATE acct SET n = 0 WHERE id = ? AND id = ?", (1, 2)),
+        ("SELECT max(rate) FROM acct WHERE n = ?", (3,)),  # a DOUBLE
+        ("SELECT max(k), min(k) FROM line WHERE w = ?", (1,)),
+        ("SELECT max(k) FROM line WHERE w = ? ORDER BY k", (1,)),
+        ("SELECT max(k) FROM line WHERE w = ? AND d = ? AND k = ?", (1, 1, 1)),
+        ("SELECT max(k) + 1 FROM line WHERE w = ?", (1,)),
+        ("SELECT count(*) FROM line WHERE w = ?", (1,)),
     ]:
         pair.run(text, params)
     pair.run("SET htapkv_read_engine = 'row'")
