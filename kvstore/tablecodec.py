@@ -920,6 +920,17 @@ _HEAD = struct.Struct("<BBHH")
 def _decode_small(
     table: TableInfo, values: Sequence[bytes], cols: Sequence[ColumnInfo]
 ) -> pa.RecordBatch:
+    rows = _decode_dicts(table, values, cols)
+    schema = pa.schema([c.arrow_field for c in cols])
+    try:
+        return pa.RecordBatch.from_pylist(rows, schema=schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:  # e.g. NULL in a NOT NULL column
+        raise RowFormatError(f"row value does not fit the schema: {e}") from None
+
+
+def _decode_dicts(
+    table: TableInfo, values: Sequence[bytes], cols: Sequence[ColumnInfo]
+) -> list[dict[str, Any]]:
     by_id = {c.id: c for c in table.columns}
     rows: list[dict[str, Any]] = []
     for v in values:
@@ -945,11 +956,7 @@ def _decode_small(
             got[i] = _decode_datum(by_id[i], v[base + start : base + end])
             start = end
         rows.append({c.name: got.get(c.id, c.default) for c in cols})
-    schema = pa.schema([c.arrow_field for c in cols])
-    try:
-        return pa.RecordBatch.from_pylist(rows, schema=schema)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:  # e.g. NULL in a NOT NULL column
-        raise RowFormatError(f"row value does not fit the schema: {e}") from None
+    return rows
 
 
 def _decode_datum(col: ColumnInfo, b: bytes) -> Any:
@@ -992,6 +999,26 @@ def decode_rows(
             f"row values mention columns unknown to version {table.version} of {table.name!r}"
         )
     return batch
+
+
+def decode_pylist(
+    table: TableInfo, values: Sequence[bytes], columns: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """``decode_rows(...).to_pylist()`` (the same values, the same checks)
+    without building Arrow arrays for the handful of rows a key lookup
+    finds: the SQL layer's UPDATE and DELETE take rows this way."""
+    cols = table.columns if columns is None else [table.column(n) for n in columns]
+    if len(values) > SMALL_DECODE:
+        rows: list[dict[str, Any]] = decode_rows(table, values, columns).to_pylist()
+        return rows
+    out = _decode_dicts(table, values, cols)
+    for r in out:
+        for c in cols:
+            if r[c.name] is None and not c.nullable:
+                raise RowFormatError(
+                    f"row value does not fit the schema: NULL in NOT NULL column {c.name!r}"
+                )
+    return out
 
 
 def decode_row(table: TableInfo, value: bytes) -> dict[str, Any]:

@@ -15,6 +15,9 @@ Modules, bottom-up:
   scans (with the columns and filters each needs) and relational steps. Pure.
 * :mod:`sql.expr`, :mod:`sql.executor` -- the plan run on Arrow, vectorised
   (pyarrow compute and Acero), never row at a time.
+* :mod:`sql.prepared` -- the shapes of common OLTP statements (point select,
+  INSERT VALUES, UPDATE/DELETE by key), read once per text, ``?`` s as slots.
+  Pure.
 * :mod:`sql.session` -- statements, transactions, engine routing, EXPLAIN.
 * :mod:`sql.dbapi` -- PEP 249: ``connect``, connections, cursors.
 * :mod:`sql.shell`, :mod:`sql.load` -- ``htapkv sql`` and ``htapkv load``.

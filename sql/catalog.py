@@ -61,6 +61,7 @@ from sql.values import coerce, literal
 __all__ = ["Catalog", "ColumnSpec", "SchemaChangedError", "table_definition"]
 
 T = exp.DataType.Type
+SCHEMA_CACHE_SIZE = 256
 _TYPES: dict[Any, str] = {
     T.BIGINT: "BIGINT",
     T.INT: "INT",
@@ -191,6 +192,10 @@ class Catalog:
     def __init__(self, client: Client) -> None:
         self.client = client
         self._ids: dict[str, int] = {}
+        # Decoded schemas by their stored bytes: an OLTP transaction reads a
+        # handful of schemas, and parsing their JSON each time cost more than
+        # the rest of a point select. TableInfo is immutable, so sharing is safe.
+        self._decoded: dict[bytes, TableInfo] = {}
         # Per open transaction: the schema versions its commit check verifies.
         self._guarded: weakref.WeakKeyDictionary[Transaction, dict[int, int]] = (
             weakref.WeakKeyDictionary()
@@ -214,18 +219,24 @@ class Catalog:
         self._ids[name] = info.id
         return info
 
-    def tables(self, txn: Transaction, names: Iterable[str]) -> dict[str, TableInfo]:
+    def tables(
+        self, txn: Transaction, names: Iterable[str], also: Iterable[str] = ()
+    ) -> dict[str, TableInfo]:
         """Several schemas in at most two round trips (one batch_get of the
         cached ids' schemas, one of the names not cached yet), instead of one
-        or two per table."""
+        or two per table. The schemas of ``also`` (names whose id is cached)
+        come in the first round trip too, if they still exist; an OLTP
+        transaction touches its tables one statement at a time, and would
+        otherwise pay one round trip for each."""
         names = list(dict.fromkeys(names))
         out: dict[str, TableInfo] = {}
         cached = {n: self._ids[n] for n in names if n in self._ids}
+        extra = {n: self._ids[n] for n in also if n in self._ids and n not in cached}
         if cached:
-            got = txn.batch_get([table_meta_key(t) for t in cached.values()])
-            for n, tid in cached.items():
+            got = txn.batch_get([table_meta_key(t) for t in (*cached.values(), *extra.values())])
+            for n, tid in (*cached.items(), *extra.items()):
                 raw = got.get(table_meta_key(tid))
-                info = TableInfo.from_json(raw) if raw is not None else None
+                info = self._decode(raw) if raw is not None else None
                 if info is not None and info.name == n:
                     out[n] = info
                 else:
@@ -241,9 +252,22 @@ class Catalog:
                 raw = metas.get(table_meta_key(int(ids[table_name_key(n)])))
                 if raw is None:
                     raise UnknownTableError(f"unknown table {n!r}")
-                out[n] = TableInfo.from_json(raw)
+                out[n] = self._decode(raw)
                 self._ids[n] = out[n].id
         return out
+
+    def known_tables(self, limit: int) -> list[str]:
+        """Up to ``limit`` table names whose ids are cached, newest first."""
+        return list(reversed(self._ids))[:limit]
+
+    def _decode(self, raw: bytes) -> TableInfo:
+        info = self._decoded.get(raw)
+        if info is None:
+            info = TableInfo.from_json(raw)
+            if len(self._decoded) >= SCHEMA_CACHE_SIZE:
+                self._decoded.clear()  # rare (DDL-heavy use): start afresh
+            self._decoded[raw] = info
+        return info
 
     def table_names(self, txn: Transaction) -> list[str]:
         end = META_NAME_PREFIX[:-1] + bytes((META_NAME_PREFIX[-1] + 1,))
@@ -266,7 +290,7 @@ class Catalog:
                     snap.rollback()
                 for tid, version in seen.items():
                     raw = got.get(table_meta_key(tid))
-                    now = None if raw is None else TableInfo.from_json(raw).version
+                    now = None if raw is None else self._decode(raw).version
                     if now != version:
                         raise SchemaChangedError(
                             f"table #{tid} changed schema (version {version} -> {now}) "

@@ -45,9 +45,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlglot
 import sqlglot.errors
 from sqlglot import exp
@@ -57,9 +59,11 @@ from kvstore.client.tables import scan_rows
 from kvstore.client.txn import Transaction
 from kvstore.errors import KVError, SchemaError
 from kvstore.tablecodec import (
+    ColumnInfo,
     IndexInfo,
     Kind,
     TableInfo,
+    decode_pylist,
     decode_rows,
     index_values_key,
     row_key,
@@ -78,6 +82,20 @@ from sql.errors import (
 )
 from sql.executor import execute
 from sql.planner import QueryPlan, ScanNode, plan_query
+from sql.prepared import (
+    Fallback,
+    InsertValues,
+    KeyDelete,
+    KeyUpdate,
+    KeyWhere,
+    PointSelect,
+    Prepared,
+    Slot,
+    bind,
+    key_where,
+    point_select,
+    prepare,
+)
 from sql.values import bind_params, coerce, literal, to_sql_literal
 
 __all__ = ["Result", "Session"]
@@ -86,6 +104,7 @@ ENGINES = ("auto", "row", "columnar")
 AUTOCOMMIT_RETRIES = 10
 PARSE_CACHE_SIZE = 512
 PLAN_CACHE_SIZE = 256
+SCHEMA_PREFETCH = 16
 # How long a columnar scan waits for a lagging replica before the row store answers.
 COLUMNAR_MAX_WAIT_S = 5.0
 # Scans of one query run side by side (see _Router.prefetch); shared by sessions.
@@ -112,6 +131,10 @@ class _Parsed:
     text: str
     as_of: int | None
     hints: dict[str, str]  # table or alias -> "row" | "columnar"
+    # The prepared form and its parameter count (see sql.prepared), read on
+    # the first execution; None if the statement has none.
+    prepared: tuple[Prepared, int] | None = None
+    prepared_read: bool = False
 
 
 def tso_of(value: str) -> int:
@@ -209,6 +232,14 @@ class Session:
 
     def run(self, p: _Parsed, params: Sequence[Any] = ()) -> Result:
         try:
+            if not p.prepared_read:
+                p.prepared = prepare(p.statement) if p.as_of is None else None
+                p.prepared_read = True
+            if p.prepared is not None:
+                try:
+                    return self._run_prepared(*p.prepared, params, hinted=bool(p.hints))
+                except Fallback:
+                    pass
             self._plan_key = (p.text, tuple(params)) if all(_hashable(v) for v in params) else None
             stmt = bind_params(p.statement, params)
             return self._dispatch(stmt, p)
@@ -218,6 +249,22 @@ class Session:
             raise translate(e) from e
         except sqlglot.errors.SqlglotError as e:
             raise ProgrammingError(str(e)) from e
+
+    def _run_prepared(
+        self, shape: Prepared, n_params: int, params: Sequence[Any], hinted: bool
+    ) -> Result:
+        """Run a prepared statement with these parameters, as the general
+        path would; raises Fallback to have the general path run it."""
+        values = bind(params, n_params)
+        if isinstance(shape, PointSelect):
+            if shape.lock:
+                return self._in_txn(lambda txn: self._prepared_select(shape, values, txn, hinted))
+            return self._read_only(lambda txn: self._prepared_select(shape, values, txn, hinted))
+        if isinstance(shape, InsertValues):
+            return self._in_txn(lambda txn: self._prepared_insert(shape, values, txn))
+        if isinstance(shape, KeyUpdate):
+            return self._in_txn(lambda txn: self._prepared_update(shape, values, txn))
+        return self._in_txn(lambda txn: self._prepared_delete(shape, values, txn))
 
     def _dispatch(self, stmt: exp.Expr, p: _Parsed) -> Result:
         if isinstance(stmt, exp.Transaction):
@@ -445,7 +492,12 @@ class Session:
             self._schema_ts, self._schema_cache = txn.start_ts, {}
         missing = [n for n in names if n not in self._schema_cache]
         if missing:
-            self._schema_cache.update(self.catalog.tables(txn, missing))
+            # The other tables this session uses come along in the same round
+            # trip: the transaction will likely want them too.
+            also = [
+                n for n in self.catalog.known_tables(SCHEMA_PREFETCH) if n not in self._schema_cache
+            ]
+            self._schema_cache.update(self.catalog.tables(txn, missing, also))
         return {n: self._schema_cache[n] for n in names}
 
     def _table(self, txn: Transaction, name: str) -> TableInfo:
@@ -515,37 +567,119 @@ class Session:
         """The OLTP fast path: ``SELECT cols|* FROM t WHERE <whole key> = ...``
         answered by key lookups without the optimizer (which costs more than
         the lookup)."""
-        if not isinstance(stmt, exp.Select) or len(tables) != 1:
+        if len(tables) != 1:
             return None
-        for arg in ("joins", "group", "having", "order", "limit", "offset", "distinct", "with_"):
-            if stmt.args.get(arg):
-                return None
-        src = stmt.args.get("from_") or stmt.args.get("from")
-        if src is None or not isinstance(src.this, exp.Table):
+        shape = point_select(stmt, {})
+        if shape is None or shape.order or shape.aggregate:
             return None
         (info,) = tables.values()
+        return self._point_rows(info, shape, (), txn, lock)
+
+    def _prepared_select(
+        self, shape: PointSelect, values: Sequence[Any], txn: Transaction, hinted: bool
+    ) -> Result:
+        # As _query then _point_select, for a statement of one table.
+        info = self._table(txn, shape.table)
+        if shape.lock:
+            self._mark_written(txn, info)
+        table = (
+            None
+            if shape.order or shape.aggregate
+            else self._point_rows(info, shape, values, txn, shape.lock)
+        )
+        if table is None and not hinted:
+            # A hint may route the planner's scan to the columnar replica,
+            # whose fallback adds a warning: leave hinted statements to it.
+            table = self._prefix_rows(info, shape, values, txn)
+        if table is None:
+            raise Fallback
+        return Result(table, table.num_rows)
+
+    def _prefix_rows(
+        self, info: TableInfo, shape: PointSelect, values: Sequence[Any], txn: Transaction
+    ) -> pa.Table | None:
+        """What the planner answers for ``SELECT bare columns FROM t WHERE
+        <equalities on exactly the columns of an index or a primary-key
+        prefix> [ORDER BY NOT NULL columns]``: the rows of that lookup (each
+        matches every equality), sorted stably in the order the row store
+        gives them, as the executor sorts them; or their MAX/MIN."""
+        if self.read_engine != "auto" or shape.lock:
+            return None  # the engine a setting picks may add warnings
+        if shape.aggregate is not None:
+            return self._prefix_min_max(info, shape, shape.aggregate, values, txn)
+        cols: list[str] = []
+        for name in shape.columns:
+            if name is None:
+                cols.extend(info.column_names)
+            elif name in info.column_names:
+                cols.append(name)
+            else:
+                return None
+        order = []
+        for name, desc in shape.order:
+            if name not in info.column_names or info.column(name).nullable:
+                return None
+            order.append((name, "descending" if desc else "ascending"))
+        if len(set(cols)) != len(cols):
+            return None
+        found = _prefix_fetch(info, shape.where, values, txn)
+        if found is None:
+            return None
+        wanted = list(dict.fromkeys(cols + [n for n, _ in order]))
+        table = pa.Table.from_batches([decode_rows(info, found, wanted)])
+        if order and table.num_rows > 1:
+            table = table.take(pc.sort_indices(table, sort_keys=order))
+        table = table.select(cols)
+        # The executor's results declare every column nullable.
+        return table.cast(pa.schema([f.with_nullable(True) for f in table.schema]))
+
+    def _point_rows(
+        self,
+        info: TableInfo,
+        shape: PointSelect,
+        values: Sequence[Any],
+        txn: Transaction,
+        lock: bool,
+    ) -> pa.Table | None:
         if self.read_engine == "columnar":
             return None
         cols: list[str] = []
-        for e in stmt.expressions:
-            if isinstance(e, exp.Star):
+        for name in shape.columns:
+            if name is None:
                 cols.extend(info.column_names)
-            elif isinstance(e, exp.Column) and not isinstance(e.this, exp.Star):
+            else:
                 try:
-                    cols.append(info.column(e.name).name)
+                    cols.append(info.column(name).name)
                 except SchemaError:
                     return None  # let the planner name the error
-            else:
-                return None
-        where = stmt.args.get("where")
-        found = _key_lookup(info, where.this if where else None, txn)
+        found = _key_fetch(info, shape.where, values, txn)
         if found is None:
             return None
-        keys, values = found
+        keys, rows = found
         if lock:
             txn.lock_keys(*keys)  # absent keys too: no write skew through them
         # Only bare columns and * get here, so the names are the columns'.
-        return pa.Table.from_batches([decode_rows(info, values, cols)])
+        return pa.Table.from_batches([decode_rows(info, rows, cols)])
+
+    def _prefix_min_max(
+        self,
+        info: TableInfo,
+        shape: PointSelect,
+        aggregate: tuple[str, str, str],
+        values: Sequence[Any],
+        txn: Transaction,
+    ) -> pa.Table | None:
+        fn, name, out = aggregate
+        if name not in info.column_names or info.column(name).kind not in _MIN_MAX_KINDS:
+            return None
+        found = _prefix_fetch(info, shape.where, values, txn)
+        if found is None:
+            return None
+        col = info.column(name)
+        arr = decode_rows(info, found, [name]).column(0) if found else pa.array([], col.arrow_type)
+        value = (pc.max if fn == "max" else pc.min)(arr).as_py()
+        # One row, NULL over no rows, typed and named as the executor's.
+        return pa.table({out: pa.array([value], col.arrow_type)})
 
     # ------------------------------------------------------------------ DML
     def _mark_written(self, txn: Transaction, info: TableInfo) -> None:
@@ -563,10 +697,7 @@ class Session:
         else:
             name, listed = target.name, []
         info = self._table(txn, name)
-        columns = listed or info.column_names
-        for c in columns:
-            if c not in info.column_names:
-                raise UnknownColumnError(f"unknown column {c!r} in table {name!r}")
+        columns = _insert_columns(info, name, listed)
         source = stmt.expression
         if isinstance(source, exp.Values):
             raw_rows = []
@@ -587,11 +718,38 @@ class Session:
             raw_rows = [list(r.values()) for r in result.table.to_pylist()]
         else:
             raise NotSupportedError("INSERT needs VALUES or a query")
-        rows = [self._row(info, dict(zip(columns, r, strict=True))) for r in raw_rows]
         conflict = stmt.args.get("conflict")
+        return self._insert_rows(
+            txn, info, columns, raw_rows, conflict, bool(stmt.args.get("ignore"))
+        )
+
+    def _prepared_insert(
+        self, shape: InsertValues, values: Sequence[Any], txn: Transaction
+    ) -> Result:
+        # As _insert, with the VALUES rows already read.
+        info = self._table(txn, shape.table)
+        columns = _insert_columns(info, shape.table, list(shape.listed))
+        raw_rows = []
+        for tup in shape.rows:
+            if len(tup) != len(columns):
+                raise ProgrammingError(
+                    f"INSERT has {len(columns)} columns but a row of {len(tup)} values"
+                )
+            raw_rows.append([values[v.position] if type(v) is Slot else v for v in tup])
+        return self._insert_rows(txn, info, columns, raw_rows, None, shape.ignore)
+
+    def _insert_rows(
+        self,
+        txn: Transaction,
+        info: TableInfo,
+        columns: Sequence[str],
+        raw_rows: list[list[Any]],
+        conflict: exp.OnConflict | None,
+        ignore: bool,
+    ) -> Result:
+        rows = [self._row(info, dict(zip(columns, r, strict=True))) for r in raw_rows]
         if conflict is not None and not conflict.args.get("duplicate"):
             raise NotSupportedError("only ON DUPLICATE KEY UPDATE is supported")
-        ignore = bool(stmt.args.get("ignore"))
         self._mark_written(txn, info)
         n = self._write_rows(txn, info, rows, conflict, ignore)
         return Result(rowcount=n, message=f"INSERT {n}")
@@ -604,16 +762,15 @@ class Session:
             raise DataError(str(e)) from None
 
     def _existing(
-        self, txn: Transaction, info: TableInfo, rows: Sequence[Mapping[str, Any]]
+        self, txn: Transaction, info: TableInfo, encoded: Sequence[_Encoded]
     ) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
         """Current row values by row key, and unique-index entries (key ->
         handle) that the given rows would collide with."""
         keys: list[bytes] = []
         ukeys: list[bytes] = []
-        for r in rows:
-            handle, _ = info.encode_canonical(r)
-            keys.append(row_key(info.id, handle))
-            ukeys.extend(k for k, _, uniq in info.index_entries(handle, r) if uniq)
+        for key, _, _, entries in encoded:
+            keys.append(key)
+            ukeys.extend(k for k, _, uniq in entries if uniq)
         got = txn.batch_get(keys + ukeys)
         return {k: got[k] for k in keys if k in got}, {k: got[k] for k in ukeys if k in got}
 
@@ -625,13 +782,14 @@ class Session:
         conflict: exp.OnConflict | None,
         ignore: bool,
     ) -> int:
-        existing, taken = self._existing(txn, info, rows)
-        seen: set[bytes] = set()
-        n = 0
+        encoded = []
         for r in rows:
             handle, value = info.encode_canonical(r)
-            key = row_key(info.id, handle)
-            entries = info.index_entries(handle, r)
+            encoded.append((row_key(info.id, handle), handle, value, info.index_entries(handle, r)))
+        existing, taken = self._existing(txn, info, encoded)
+        seen: set[bytes] = set()
+        n = 0
+        for r, (key, handle, value, entries) in zip(rows, encoded, strict=True):
             clash = [k for k, _, uniq in entries if uniq and k in taken and taken[k] != handle]
             if key in existing or key in seen or clash:
                 if ignore:
@@ -708,9 +866,10 @@ class Session:
         where = stmt.args.get("where")
         found = None
         if not stmt.args.get("order") and not stmt.args.get("limit"):
-            found = _key_lookup(info, where.this if where else None, txn)
+            kw = key_where(where.this if where else None, {})
+            found = None if kw is None else _key_fetch(info, kw, (), txn)
         if found is not None:
-            return info, decode_rows(info, found[1]).to_pylist()
+            return info, decode_pylist(info, found[1])
         select = exp.select("*").from_(exp.Table(this=exp.to_identifier(target.name)))
         if where is not None:
             select.set("where", where.copy())
@@ -725,19 +884,41 @@ class Session:
     def _update(self, stmt: exp.Update, p: _Parsed, txn: Transaction) -> Result:
         info, rows = self._target_rows(stmt, p, txn)
         self._mark_written(txn, info)
-        sets = []
+        sets: list[tuple[ColumnInfo, RowValue]] = []
         for eq in stmt.expressions:
             if not isinstance(eq, exp.EQ) or not isinstance(eq.this, exp.Column):
                 raise NotSupportedError(f"SET {eq.sql('mysql')}")
-            col = info.column(eq.this.name) if eq.this.name in info.column_names else None
-            if col is None:
-                raise UnknownColumnError(f"unknown column {eq.this.name!r} in table {info.name!r}")
-            sets.append((col, eq.expression))
+            sets.append(
+                (_set_column(info, eq.this.name), partial(_row_value, eq.expression, inserted=None))
+            )
+        return self._update_rows(txn, info, rows, sets)
+
+    def _prepared_update(self, shape: KeyUpdate, values: Sequence[Any], txn: Transaction) -> Result:
+        # As _update, for a WHERE that finds its rows through a key.
+        info = self._table(txn, shape.table)
+        found = _key_fetch(info, shape.where, values, txn)
+        if found is None:
+            raise Fallback
+        rows = decode_pylist(info, found[1])
+        self._mark_written(txn, info)
+        sets: list[tuple[ColumnInfo, RowValue]] = [
+            (_set_column(info, name), partial(fn, values)) for name, fn in shape.sets
+        ]
+        return self._update_rows(txn, info, rows, sets)
+
+    def _update_rows(
+        self,
+        txn: Transaction,
+        info: TableInfo,
+        rows: list[dict[str, Any]],
+        sets: Sequence[tuple[ColumnInfo, RowValue]],
+    ) -> Result:
+        """Apply ``SET col = value(old row)`` to each row."""
         changed = 0
         for old in rows:
             new = dict(old)
-            for col, e in sets:
-                new[col.name] = coerce(col, _row_value(e, old, None))
+            for col, value in sets:
+                new[col.name] = coerce(col, value(old))
             canon = self._row(info, new)
             if canon != old:
                 self._replace_row(txn, info, old, canon)
@@ -746,6 +927,16 @@ class Session:
 
     def _delete(self, stmt: exp.Delete, p: _Parsed, txn: Transaction) -> Result:
         info, rows = self._target_rows(stmt, p, txn)
+        return self._delete_rows(txn, info, rows)
+
+    def _prepared_delete(self, shape: KeyDelete, values: Sequence[Any], txn: Transaction) -> Result:
+        info = self._table(txn, shape.table)
+        found = _key_fetch(info, shape.where, values, txn)
+        if found is None:
+            raise Fallback
+        return self._delete_rows(txn, info, decode_pylist(info, found[1]))
+
+    def _delete_rows(self, txn: Transaction, info: TableInfo, rows: list[dict[str, Any]]) -> Result:
         self._mark_written(txn, info)
         for r in rows:
             handle, _ = info.encode_canonical(r)
@@ -965,37 +1156,72 @@ def _index_lookup(info: TableInfo, idx: IndexInfo, values: list[Any]) -> tuple[s
     return f"index {idx.name}", _by_handles(info, nonunique)
 
 
-def _key_lookup(
-    info: TableInfo, where: exp.Expr | None, txn: Transaction
+# A row to insert: (row key, handle, value, index entries).
+_Encoded = tuple[bytes, bytes, bytes, list[tuple[bytes, bytes, bool]]]
+
+# A SET value: ``old row -> new value``.
+RowValue = Callable[[Mapping[str, Any]], Any]
+
+
+def _set_column(info: TableInfo, name: str) -> ColumnInfo:
+    col = info.column(name) if name in info.column_names else None
+    if col is None:
+        raise UnknownColumnError(f"unknown column {name!r} in table {info.name!r}")
+    return col
+
+
+def _insert_columns(info: TableInfo, name: str, listed: Sequence[str]) -> list[str]:
+    columns = list(listed) or info.column_names
+    for c in columns:
+        if c not in info.column_names:
+            raise UnknownColumnError(f"unknown column {c!r} in table {name!r}")
+    return columns
+
+
+_EXACT_TYPES: dict[Kind, type] = {Kind.INT: int, Kind.STRING: str, Kind.DATE: dt.date}
+_MIN_MAX_KINDS = (Kind.INT, Kind.DECIMAL, Kind.STRING, Kind.DATE, Kind.TIMESTAMP)
+
+
+def _prefix_fetch(
+    info: TableInfo, where: KeyWhere, params: Sequence[Any], txn: Transaction
+) -> list[bytes] | None:
+    """Row values of the rows a WHERE of ANDed ``col = value`` selects
+    through a non-unique index or a primary-key prefix whose columns are
+    exactly the WHERE's, or None. Only values whose key equality is SQL's
+    equality qualify: an int, str or date for a column of that type (a
+    timestamp would match a DATE key after truncation, but not in SQL)."""
+    eqs, in_list = where.bind(params)
+    if in_list is not None or not eqs or not set(eqs) <= set(info.column_names):
+        return None
+    pk = [c.name for c in info.pk_columns]
+    # The columns of the path _access_path takes for these equalities.
+    path: list[str] | None = next(
+        (list(i.columns) for i in info.indexes if all(n in eqs for n in i.columns)), None
+    )
+    if path is None:
+        k = 0
+        while k < len(pk) and pk[k] in eqs:
+            k += 1
+        path = pk[:k]
+    if set(path) != set(eqs) or set(pk) <= set(eqs):
+        return None
+    if any(v is None for v in eqs.values()):
+        return []  # col = NULL is never true
+    if any(_EXACT_TYPES.get(info.column(n).kind) is not type(v) for n, v in eqs.items()):
+        return None
+    access = _access_path(info, [(k, "=", v) for k, v in eqs.items()])
+    if access is None:
+        return None
+    return access[1](txn)[1]
+
+
+def _key_fetch(
+    info: TableInfo, where: KeyWhere, params: Sequence[Any], txn: Transaction
 ) -> tuple[list[bytes], list[bytes]] | None:
     """``(row keys looked at, row values found)`` of the rows a WHERE of
-    ANDed ``col = literal`` (or ``pk IN (...)``) selects exactly through a
-    key, or None if it is not of that shape."""
-    if where is None:
-        return None
-    conj = list(where.flatten()) if isinstance(where, exp.And) else [where]
-    eqs: dict[str, Any] = {}
-    in_list: tuple[str, list[Any]] | None = None
-    for c in conj:
-        if isinstance(c, exp.EQ):
-            col, lit = (
-                (c.this, c.expression) if isinstance(c.this, exp.Column) else (c.expression, c.this)
-            )
-            if not isinstance(col, exp.Column) or isinstance(lit, exp.Column):
-                return None
-            try:
-                eqs[col.name] = literal(lit)
-            except Error:
-                return None
-        elif isinstance(c, exp.In) and isinstance(c.this, exp.Column) and in_list is None:
-            if c.args.get("query") or not c.expressions:
-                return None
-            try:
-                in_list = (c.this.name, [literal(v) for v in c.expressions])
-            except Error:
-                return None
-        else:
-            return None
+    ANDed ``col = value`` (or ``pk IN (...)``) selects exactly through a
+    key, or None if the key columns are not a key of ``info``."""
+    eqs, in_list = where.bind(params)
     names = set(info.column_names)
     if not set(eqs) <= names or (in_list and in_list[0] not in names):
         return None
@@ -1016,6 +1242,10 @@ def _key_lookup(
     )
     if not exact:
         return None  # other columns must be checked: leave it to the planner
+    if any(v is None for v in eqs.values()):
+        # col = NULL is never true; _access_path would drop the condition
+        # (its callers filter again) and read every row of the key prefix.
+        return [], []
     access = _access_path(info, [(k, "=", v) for k, v in eqs.items()])
     if access is None:
         return None

@@ -23,7 +23,16 @@ from sqlglot import exp
 from kvstore.tablecodec import ColumnInfo, Kind
 from sql.errors import DataError, NotSupportedError, ProgrammingError
 
-__all__ = ["bind_params", "coerce", "literal", "to_sql_literal"]
+__all__ = [
+    "arith",
+    "bind_params",
+    "coerce",
+    "is_number",
+    "literal",
+    "negate",
+    "param_value",
+    "to_sql_literal",
+]
 
 _T = exp.DataType.Type
 _TIMESTAMP_TYPES = (_T.TIMESTAMP, _T.DATETIME, _T.TIMESTAMPTZ)
@@ -36,8 +45,8 @@ def to_sql_literal(v: Any) -> exp.Expr:
     if isinstance(v, bool):
         return exp.Boolean(this=v)
     if isinstance(v, (int, float, decimal.Decimal)):
-        if isinstance(v, float) and math.isnan(v):
-            raise DataError("NaN is not a SQL value")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise DataError(f"{v} is not a SQL value")
         lit = exp.Literal.number(abs(v)) if v < 0 else exp.Literal.number(v)
         return exp.Neg(this=lit) if v < 0 else lit
     if isinstance(v, str):
@@ -83,25 +92,12 @@ def literal(e: exp.Expr) -> Any:
             return decimal.Decimal(text) if "e" not in text.lower() else float(text)
         return int(text)
     if isinstance(e, exp.Neg):
-        v = literal(e.this)
-        if isinstance(v, (int, float, decimal.Decimal)) and not isinstance(v, bool):
-            return -v
-        raise DataError(f"cannot negate {v!r}")
+        return negate(literal(e.this))
     if isinstance(e, (exp.Add, exp.Sub, exp.Mul, exp.Div)):
         a, b = literal(e.this), literal(e.expression)
-        if not all(isinstance(x, (int, float, decimal.Decimal)) for x in (a, b)):
+        if not (is_number(a) and is_number(b)):
             raise DataError(f"arithmetic on non-numbers: {e.sql('mysql')}")
-        if isinstance(a, float) or isinstance(b, float):
-            a, b = float(a), float(b)
-        if isinstance(e, exp.Add):
-            return a + b
-        if isinstance(e, exp.Sub):
-            return a - b
-        if isinstance(e, exp.Mul):
-            return a * b
-        if b == 0:
-            return None  # MySQL: division by zero is NULL
-        return decimal.Decimal(a) / decimal.Decimal(b) if not isinstance(a, float) else a / b
+        return arith(type(e), a, b)
     if isinstance(e, (exp.Cast, exp.TryCast)):
         v = literal(e.this)
         to = e.to.this
@@ -120,6 +116,48 @@ def literal(e: exp.Expr) -> Any:
         if to in exp.DataType.TEXT_TYPES:
             return str(v)
     raise NotSupportedError(f"not a constant value here: {e.sql('mysql')}")
+
+
+def is_number(v: Any) -> bool:
+    """Can ``v`` take part in ``+ - * /``? (TRUE and FALSE can, as 1 and 0.)"""
+    return isinstance(v, (int, float, decimal.Decimal))
+
+
+def negate(v: Any) -> Any:
+    if isinstance(v, (int, float, decimal.Decimal)) and not isinstance(v, bool):
+        return -v
+    raise DataError(f"cannot negate {v!r}")
+
+
+def arith(op: type[exp.Expr], a: Any, b: Any) -> Any:
+    """``a op b`` for numbers ``a``, ``b`` (see :func:`is_number`) and ``op``
+    one of ``exp.Add``, ``exp.Sub``, ``exp.Mul``, ``exp.Div``."""
+    if isinstance(a, float) or isinstance(b, float):
+        a, b = float(a), float(b)
+    if op is exp.Add:
+        return a + b
+    if op is exp.Sub:
+        return a - b
+    if op is exp.Mul:
+        return a * b
+    if b == 0:
+        return None  # MySQL: division by zero is NULL
+    return decimal.Decimal(a) / decimal.Decimal(b) if not isinstance(a, float) else a / b
+
+
+def param_value(v: Any) -> Any:
+    """The value a ``?`` bound to ``v`` stands for: exactly
+    ``literal(to_sql_literal(v))``, which is not always ``v`` (a float becomes
+    a Decimal through its repr, a Decimal with an exponent a float), without
+    building the expression for the common exact types."""
+    t = type(v)
+    if t is int or t is str or t is bool or v is None:
+        return v
+    if t is dt.datetime:
+        return _to_timestamp(v.isoformat(sep=" "), "CAST")
+    if t is dt.date:
+        return _to_date(v.isoformat(), "CAST")
+    return literal(to_sql_literal(v))
 
 
 def _to_date(v: Any, col: str) -> dt.date:

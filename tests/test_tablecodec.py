@@ -140,6 +140,13 @@ def test_small_decoder_equals_the_bulk_decoder(batch: list[dict[str, Any]]) -> N
         assert small.to_pylist() == bulk.to_pylist()
         some = ["at", "id", "t"]
         assert tc.decode_rows(table, values, some).to_pylist() == bulk.select(some).to_pylist()
+        # decode_pylist skips Arrow: the same values, down to their types and
+        # Decimal exponents (the SQL layer writes them back into statements).
+        as_python = tc.decode_pylist(table, values)
+        assert [[(type(v), repr(v)) for v in r.values()] for r in as_python] == [
+            [(type(v), repr(v)) for v in r.values()] for r in bulk.to_pylist()
+        ]
+        assert tc.decode_pylist(table, values, some) == bulk.select(some).to_pylist()
 
 
 def test_small_decoder_refuses_what_the_bulk_decoder_refuses() -> None:
@@ -150,6 +157,10 @@ def test_small_decoder_refuses_what_the_bulk_decoder_refuses() -> None:
     for bad in (value[:3], value[:-1], b"\x01" + value[1:]):
         with pytest.raises(RowFormatError):
             tc.decode_rows(TABLE, [bad])
+        with pytest.raises(RowFormatError):
+            tc.decode_pylist(TABLE, [bad])
+    with pytest.raises(SchemaError):
+        tc.decode_pylist(narrow, [value])
 
 
 def test_every_type_maps_to_its_arrow_type() -> None:

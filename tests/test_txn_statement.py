@@ -4,6 +4,7 @@ hooks the SQL layer builds on."""
 from __future__ import annotations
 
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -91,3 +92,48 @@ def test_a_prewrite_with_unknown_outcome_is_a_definite_abort(tmp_path: Path) -> 
 
         client.transaction(body)
         assert len(attempts) == 2 and client.begin().get(b"r") == b"3"
+
+
+def test_point_reads_are_remembered_under_the_write_buffer(tmp_path: Path) -> None:
+    """A transaction asks the store for a key once; its own writes (and a
+    failed statement's taken-back writes) still show over what it remembers."""
+    with kvstore.open(str(tmp_path / "db")) as client:
+        with client.begin() as setup:
+            setup.put(b"a", b"1")
+            setup.put(b"b", b"2")
+        asked: list[bytes] = []
+        backend = client.backend
+        real_get, real_batch = backend.kv_get, backend.kv_batch_get
+
+        def kv_get(key: bytes, *a: object) -> object:
+            asked.append(key)
+            return real_get(key, *a)  # type: ignore[arg-type]
+
+        def kv_batch_get(keys: list[bytes], *a: object) -> object:
+            asked.extend(keys)
+            return real_batch(keys, *a)  # type: ignore[arg-type]
+
+        with (
+            mock.patch.object(backend, "kv_get", kv_get),
+            mock.patch.object(backend, "kv_batch_get", kv_batch_get),
+        ):
+            txn = client.begin()
+            assert txn.batch_get([b"a", b"c"]) == {b"a": b"1"}
+            with client.begin() as other:  # commits after txn's start_ts
+                other.put(b"a", b"9")
+                other.put(b"c", b"9")
+            assert txn.get(b"a") == b"1" and txn.get(b"c") is None
+            assert txn.batch_get([b"a", b"b", b"c"]) == {b"a": b"1", b"b": b"2"}
+            assert sorted(asked) == [b"a", b"b", b"c"]  # each asked once
+            txn.put(b"a", b"x")
+            txn.delete(b"b")
+            assert txn.get(b"a") == b"x" and txn.get(b"b") is None
+            with pytest.raises(RuntimeError), txn.statement():
+                txn.put(b"c", b"y")
+                assert txn.batch_get([b"c"]) == {b"c": b"y"}
+                raise RuntimeError("statement fails")
+            assert txn.batch_get([b"a", b"b", b"c"]) == {b"a": b"x"}
+            txn.lock_keys(b"c")
+            assert txn.get(b"c") is None
+            assert sorted(asked) == [b"a", b"b", b"c"]
+            txn.rollback()

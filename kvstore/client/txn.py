@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 _ACTIVE, _COMMITTED, _ROLLED_BACK = "active", "committed", "rolled back"
+# Point reads a transaction remembers (a bulk load's existence checks beyond
+# this are simply asked again if ever repeated).
+SNAPSHOT_CACHE_KEYS = 100_000
 
 
 def backoff_sleep(attempt: int, cap_ms: int, rng: random.Random) -> None:
@@ -67,6 +70,12 @@ class Transaction:
         # so a failed statement can be taken back without touching the rest.
         self._undo: list[tuple[bytes, Mutation | None]] | None = None
         self._commit_checks: list[Callable[[], None]] = []
+        # What point reads found at start_ts (None: absent). A snapshot read
+        # is repeatable (a lock older than start_ts is resolved before the
+        # read answers), so asking again would only cost a round trip: SQL
+        # reads a row, then reads it again to update it. client-go keeps the
+        # same cache in its snapshot.
+        self._snapshot: dict[bytes, bytes | None] = {}
 
     # ---------------------------------------------------------------- reads
     def _check_active(self) -> None:
@@ -79,30 +88,44 @@ class Transaction:
         m = self._mutations.get(key)
         if m is not None and m.op is not Op.LOCK:
             return None if m.op is Op.DELETE else m.value
+        if key in self._snapshot:
+            return self._snapshot[key]
         b = self._client.backend
-        return self._client.read_resolving(
+        value: bytes | None = self._client.read_resolving(
             self.start_ts, lambda bypass: b.kv_get(key, self.start_ts, bypass)
         )
+        self._remember({key: value})
+        return value
 
     def batch_get(self, keys: Iterable[bytes]) -> dict[bytes, bytes]:
         self._check_active()
         out: dict[bytes, bytes] = {}
         remote: list[bytes] = []
+        snapshot = self._snapshot
         for k in keys:
             validate_key(k)
             m = self._mutations.get(k)
             if m is None or m.op is Op.LOCK:
-                remote.append(k)
+                if k in snapshot:
+                    v = snapshot[k]
+                    if v is not None:
+                        out[k] = v
+                else:
+                    remote.append(k)
             elif m.op is not Op.DELETE:
                 out[k] = m.value
         if remote:
             b = self._client.backend
-            out.update(
-                self._client.read_resolving(
-                    self.start_ts, lambda bypass: b.kv_batch_get(remote, self.start_ts, bypass)
-                )
+            got: dict[bytes, bytes] = self._client.read_resolving(
+                self.start_ts, lambda bypass: b.kv_batch_get(remote, self.start_ts, bypass)
             )
+            out.update(got)
+            self._remember({k: got.get(k) for k in remote})
         return out
+
+    def _remember(self, found: dict[bytes, bytes | None]) -> None:
+        if len(self._snapshot) + len(found) <= SNAPSHOT_CACHE_KEYS:
+            self._snapshot.update(found)
 
     def scan(
         self, start: bytes, end: bytes | None, limit: int | None = None
