@@ -487,10 +487,16 @@ class ColumnarStore:
             raise KeyIsLockedError(_lock_info(user[1:], locks[first]))
 
     # ------------------------------------------------------------ compaction
-    def needs_compaction(self, table_id: int) -> bool:
+    def needs_compaction(self, table_id: int, *, any_delta: bool = False) -> bool:
+        """Has ``table_id`` piled up enough to compact (``MAX_DELTAS``
+        deltas, or undecoded rows)? With ``any_delta``: has it anything to
+        compact at all (one delta makes every read re-sort the whole table,
+        and skips the stable base's :class:`LatestView`)."""
         with self._mu:
             td = self._tables.get(table_id)
-            return td is not None and (len(td.deltas) >= MAX_DELTAS or td.raw_count > 0)
+            if td is None:
+                return False
+            return len(td.deltas) >= (1 if any_delta else MAX_DELTAS) or td.raw_count > 0
 
     def compact(self, table: int | None = None) -> int:
         """Merge deltas into the stable base (of one table id, or all);
