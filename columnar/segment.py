@@ -285,6 +285,8 @@ class LatestView:
     def table(self, columns: Sequence[ColumnInfo], dictionary: Sequence[str] = ()) -> pa.Table:
         """The visible rows of ``columns``, named by column name; those named
         in ``dictionary`` dictionary-encoded."""
+        if not columns:  # no columns, still num_rows rows (count(*) needs them)
+            return pa.table({"_": pa.nulls(self.num_rows)}).select([])
         arrays = [self.dictionary(c) if c.name in dictionary else self.column(c) for c in columns]
         fields = [
             pa.field(c.name, a.type, nullable=c.arrow_field.nullable)
