@@ -29,7 +29,13 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from columnar.aggregate import Agg, partial_aggregate
+from columnar.aggregate import (
+    Agg,
+    Comparison,
+    comparison_expression,
+    filtered_aggregate,
+    partial_aggregate,
+)
 from columnar.segment import (
     HIDDEN,
     LatestView,
@@ -415,14 +421,23 @@ class ColumnarStore:
         ts: int,
         group_by: Sequence[str],
         aggregates: Sequence[Agg],
-        predicate: pc.Expression | None = None,
+        predicate: pc.Expression | Sequence[Comparison] | None = None,
         bypass_locks: Collection[int] = (),
         predicate_columns: Sequence[str] | None = None,
     ) -> pa.Table:
         """:func:`columnar.aggregate.partial_aggregate` of what :meth:`read`
-        returns for the same arguments. On a stable base it runs as one Acero
-        plan (filter, then group) without materialising the filtered rows,
+        returns for the same arguments. ``predicate``: an expression, or a
+        list of :data:`~columnar.aggregate.Comparison` (ANDed), which a
+        global aggregate evaluates with compute kernels in parallel
+        (:func:`~columnar.aggregate.filtered_aggregate`). On a stable base it
+        runs without materialising the filtered rows of the grouping columns,
         and groups string keys by their dictionary codes."""
+        where: list[Comparison] | None = None
+        if isinstance(predicate, (list, tuple)):
+            where = list(predicate)
+            predicate = comparison_expression(where)
+            if predicate_columns is None:
+                predicate_columns = [c for c, _, _ in where]
         snap = self._snapshot(table, ts, bypass_locks)
         info = snap.info
         wanted = list(dict.fromkeys([*group_by, *(c for c, _ in aggregates if c != "*")]))
@@ -430,6 +445,8 @@ class ColumnarStore:
             need = _needed(info, wanted, predicate, predicate_columns)
             strings = [c.name for c in need if c.name in group_by and c.kind.value == "string"]
             rows = snap.view.table(need, strings)
+            if where is not None:
+                return filtered_aggregate(rows, group_by, aggregates, where)
             return partial_aggregate(rows, group_by, aggregates, predicate)
         if not snap.parts:
             rows = info.arrow_schema(wanted or None).empty_table()

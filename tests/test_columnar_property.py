@@ -293,10 +293,13 @@ class ColumnarMachine(RuleBasedStateMachine):
         # grouped by a string column and globally, with and without a filter.
         keys, aggs = AGGREGATIONS[tbl]
         ref_rows = ref.select(list(dict.fromkeys([*keys, *(c for c, _ in aggs if c != "*")])))
-        for pred in (None, pc.field("n") > 0):
+        # The filter as an expression, and as comparisons (the columnar
+        # node's form: a global aggregate evaluates them as kernels).
+        for pred in (None, pc.field("n") > 0, [("n", ">", 0)]):
+            expr = pc.field("n") > 0 if pred is not None else None
             for by in (keys, []):
                 want = partial_aggregate(
-                    ref_rows.filter(pred) if pred is not None else ref_rows, by, aggs
+                    ref_rows.filter(expr) if expr is not None else ref_rows, by, aggs
                 )
                 got_a = self.client.read_resolving(
                     ts,

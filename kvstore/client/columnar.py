@@ -119,11 +119,22 @@ def predicate_expression(
     columnar node and by the row-store fallback alike). With the table's
     ``schema``, numbers compared with DECIMAL columns are made exact decimals."""
     expr: pc.Expression | None = None
-    for col, op, value in predicates:
-        t = schema.field(col).type if schema is not None and col in schema.names else None
-        e = _compare(col, op, _fit(value, t))
+    for col, op, value in fit_predicates(predicates, schema):
+        e = _compare(col, op, value)
         expr = e if expr is None else expr & e
     return expr
+
+
+def fit_predicates(
+    predicates: Sequence[Predicate], schema: pa.Schema | None = None
+) -> list[Predicate]:
+    """``predicates`` with numbers compared with DECIMAL columns of
+    ``schema`` made exact decimals (see :func:`predicate_expression`)."""
+    out = []
+    for col, op, value in predicates:
+        t = schema.field(col).type if schema is not None and col in schema.names else None
+        out.append((col, op, _fit(value, t)))
+    return out
 
 
 def predicate_from_pb(preds: Sequence[columnarpb_pb2.Predicate]) -> list[Predicate]:
@@ -342,6 +353,7 @@ def row_store_scan(
 __all__ = [
     "ColumnarReader",
     "aggregate",
+    "fit_predicates",
     "predicate_expression",
     "predicate_from_pb",
     "row_store_scan",

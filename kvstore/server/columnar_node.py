@@ -34,7 +34,6 @@ exported as Prometheus metrics.
 from __future__ import annotations
 
 import argparse
-import functools
 import io
 import logging
 import threading
@@ -52,8 +51,7 @@ from prometheus_client.registry import Collector
 
 from columnar import ColumnarStore
 from kvstore import codec, tablecodec
-from kvstore.client.columnar import predicate_expression, predicate_from_pb
-from kvstore.client.grpc_backend import GrpcKvBackend
+from kvstore.client.columnar import fit_predicates, predicate_expression, predicate_from_pb
 from kvstore.client.pd_client import PdClient
 from kvstore.errors import (
     DataIsNotReadyError,
@@ -62,7 +60,9 @@ from kvstore.errors import (
     RegionError,
 )
 from kvstore.proto import columnarpb_pb2
-from kvstore.proto.convert import RequestContext, set_error
+from kvstore.proto import kvrpcpb_pb2 as kvpb
+from kvstore.proto.convert import RequestContext, context_to_pb, response_error, set_error
+from kvstore.proto.rpc import KV_METHODS
 from kvstore.proto.tls import TlsConfig
 from kvstore.raftstore import Store
 from kvstore.storage import CF_DEFAULT, CF_LOCK, CF_RAFT, CF_WRITE, RocksEngine
@@ -143,6 +143,7 @@ class ColumnarService:
         self.tls = tls
         self._mu = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
+        self._read_index_stubs: dict[str, Any] = {}
         self._pool = ThreadPoolExecutor(CATCH_UP_THREADS, thread_name_prefix="learner-read")
         # Where the leaders are: store id by Raft address, kv address by id.
         self._raft_to_store: dict[str, int] = {}
@@ -159,6 +160,23 @@ class ColumnarService:
                 ch = self._channels[addr] = new_channel(addr, self.tls)
             return ch
 
+    def _read_index_rpc(self, addr: str, ctx: RequestContext) -> int:
+        # One cached stub per store: building a whole KV backend per read
+        # (a stub per method) cost more than the RPC itself.
+        stub = self._read_index_stubs.get(addr)
+        if stub is None:
+            m = KV_METHODS["ReadIndex"]
+            stub = self._read_index_stubs[addr] = self._channel(addr).unary_unary(
+                m.path,
+                request_serializer=m.request.SerializeToString,
+                response_deserializer=m.response.FromString,
+            )
+        resp = stub(kvpb.ReadIndexRequest(context=context_to_pb(ctx)), timeout=5.0)
+        err = response_error(resp)
+        if err is not None:
+            raise err
+        return int(resp.read_index)
+
     def read_index(self, region: Region, deadline: float) -> int:
         """The leader's read index for ``region`` (this learner's view of it),
         retrying leader changes until ``deadline``.
@@ -172,13 +190,7 @@ class ColumnarService:
         while time.monotonic() < deadline:
             try:
                 ctx, addr = self._pd_route(region) if use_pd else self._local_route(region)
-                stub = GrpcKvBackend(
-                    addr,
-                    functools.partial(lambda c: c, ctx),
-                    channel=self._channel(addr),
-                    timeout=5.0,
-                )
-                return stub.read_index()
+                return self._read_index_rpc(addr, ctx)
             except (RegionError, grpc.RpcError) as e:
                 last = e
                 if use_pd:
@@ -254,7 +266,11 @@ class ColumnarService:
         """:meth:`_catch_up` each of ``regions`` not in ``caught`` (same
         epoch) yet, in parallel; record them there."""
         todo = {r.id: r for r in regions if caught.get(r.id) != r}
-        for f in [self._pool.submit(self._catch_up, r, deadline) for r in todo.values()]:
+        pending = list(todo.values())
+        futures = [self._pool.submit(self._catch_up, r, deadline) for r in pending[1:]]
+        if pending:  # this thread takes one: no hand-off for a lone Region
+            self._catch_up(pending[0], deadline)
+        for f in futures:
             f.result()
         caught.update(todo)
 
@@ -321,7 +337,9 @@ class ColumnarService:
                     req.ts,
                     list(req.group_by),
                     aggs,
-                    predicate,
+                    # As comparisons: a global aggregate runs them as
+                    # compute kernels on slices in parallel.
+                    fit_predicates(preds, info.arrow_schema()) or None,
                     list(req.bypass_locks),
                     predicate_columns=pred_cols,
                 )
