@@ -14,9 +14,11 @@ b. **OLTP alone** for ``--duration`` seconds (or ``--ops`` transactions):
    Per transaction: latency (retries included: what the client waits),
    attempts, and the outcome: committed, committed after retries, failed.
 c. **OLTP + analytics**: the same load while ``--analytic-threads`` threads
-   run CH-benCHmark-style queries (:data:`QUERIES`) over the same tables, in
-   a loop, routed to the columnar replica (checked once with ``EXPLAIN``;
-   a query the row store answered instead is counted from
+   of a separate client process (as CH-benCHmark's analytic clients are
+   separate from its terminals) run CH-benCHmark-style queries
+   (:data:`QUERIES`) over the same tables, in a loop, routed to the
+   columnar replica (checked once with ``EXPLAIN``; a query the row store
+   answered instead is counted from
    ``cursor.warnings``). The columnar node's ``Columnar.Status`` is sampled
    every 0.25 s through both phases (the replica lag over time).
 d. **Verify**: TPC-C's consistency conditions 1-4 (``tpcc.check_consistency``)
@@ -56,6 +58,7 @@ import random
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -95,6 +98,8 @@ QUICK_WAREHOUSES = 1
 DEFAULT_SCALE = tpcc.Scale()
 QUICK_SCALE = tpcc.Scale(districts=4, customers=10, items=50, initial_orders=3)
 STATUS_EVERY_S = 0.25
+# How long the analytic process may take to finish its queries in flight.
+ANALYTICS_STOP_TIMEOUT_S = 120.0
 PROGRESS_EVERY_S = 0.5
 SQLITE_BUSY_TIMEOUT_S = 30.0
 MAX_RETRIES = 50
@@ -608,53 +613,127 @@ def plan_engines(conn: Any, text: str) -> str:
 class Analytics:
     """``threads`` loops over :data:`QUERIES` (each thread starting at a
     different query), each query its own autocommit statement: a fresh
-    start_ts, so each run reads the newest snapshot."""
+    start_ts, so each run reads the newest snapshot.
 
-    def __init__(self, client: Client, threads: int, stats: dict[str, QueryStats]) -> None:
-        self.client, self.n, self.stats = client, threads, stats
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.threads: list[threading.Thread] = []
+    They run in a client process of their own (:func:`analytics_child`), as
+    CH-benCHmark's analytic clients are separate from its terminals: in the
+    OLTP process they would share its interpreter lock, and the
+    interference measured would be the benchmark's, not the database's."""
 
-    def _loop(self, i: int) -> None:
-        import sql
-        from sql.session import Session
+    def __init__(self, pd: str, threads: int, stats: dict[str, QueryStats], log: Path) -> None:
+        self.pd, self.n, self.stats, self.log = pd, threads, stats, log
+        self.proc: subprocess.Popen[str] | None = None
+        self.pid: int | None = None  # of the last process started
 
-        conn = sql.Connection(Session(self.client, autocommit=True))
+    def start(self) -> None:
+        """Start the analytic process; return once it runs queries."""
+        with open(self.log, "ab") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bench.htap", "--analytics-child", self.pd, str(self.n)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+            )
+        self.pid = self.proc.pid
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # "ready", once connected
+        if line.strip() != "ready":
+            self.finish(collect=False)
+            raise RuntimeError(f"the analytic client process did not start: {self._log_tail()}")
+
+    def _log_tail(self) -> str:
+        try:
+            lines = self.log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "no output"
+        return " | ".join(lines[-3:]) or "no output"
+
+    def finish(self, collect: bool = True) -> None:
+        """Stop after the queries in flight (their times count) and collect
+        what the process measured."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        try:
+            out, _ = proc.communicate(input="", timeout=ANALYTICS_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(
+                f"the analytic client process did not stop in {ANALYTICS_STOP_TIMEOUT_S} s"
+            ) from None
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if not collect:
+            return
+        if proc.returncode != 0 or not out.strip():
+            raise RuntimeError(f"the analytic client process failed: {self._log_tail()}")
+        for qid, got in json.loads(out).items():
+            s = self.stats[qid]
+            s.latencies_ns.extend(got["latencies_ns"])
+            s.fallbacks += got["fallbacks"]
+            s.errors += got["errors"]
+            s.first_error = s.first_error or got["first_error"]
+            s.rows = got["rows"] if got["rows"] is not None else s.rows
+
+
+def analytics_child(pd: str, threads: int) -> None:
+    """The analytic client process: prints ``ready``, runs the queries on
+    ``threads`` threads until its stdin closes, then prints what it
+    measured as JSON (query id -> latencies, fallbacks, errors, rows)."""
+    import kvstore
+    import sql
+    from sql.session import Session
+
+    client = kvstore.connect(pd, lock_wait_timeout=30.0)
+    stop = threading.Event()
+    lock = threading.Lock()
+    got: dict[str, dict[str, Any]] = {
+        q.id: {"latencies_ns": [], "fallbacks": 0, "errors": 0, "first_error": None, "rows": None}
+        for q in QUERIES
+    }
+
+    def loop(i: int) -> None:
+        conn = sql.Connection(Session(client, autocommit=True))
         k = i
-        while not self.stop.is_set():
+        while not stop.is_set():
             q = QUERIES[k % len(QUERIES)]
             k += 1
-            s = self.stats[q.id]
+            s = got[q.id]
             t0 = time.perf_counter_ns()
             try:
                 cur = conn.cursor().execute(q.sql)
                 rows = len(cur.fetchall())
             except Exception as e:  # counted and reported; the others go on
-                with self.lock:
-                    s.errors += 1
-                    s.first_error = s.first_error or f"{type(e).__name__}: {e}"
+                with lock:
+                    s["errors"] += 1
+                    s["first_error"] = s["first_error"] or f"{type(e).__name__}: {e}"
                 continue
             dt = time.perf_counter_ns() - t0
-            with self.lock:
-                s.latencies_ns.append(dt)
-                s.rows = rows
+            with lock:
+                s["latencies_ns"].append(dt)
+                s["rows"] = rows
                 if any("row store" in w for w in cur.warnings):
-                    s.fallbacks += 1
+                    s["fallbacks"] += 1
 
-    def start(self) -> None:
-        self.threads = [
-            threading.Thread(target=self._loop, args=(i,), name=f"analytic-{i}", daemon=True)
-            for i in range(self.n)
-        ]
-        for t in self.threads:
+    workers = [
+        threading.Thread(target=loop, args=(i,), name=f"analytic-{i}", daemon=True)
+        for i in range(threads)
+    ]
+    try:
+        for t in workers:
             t.start()
-
-    def finish(self) -> None:
-        """Stop after the queries in flight (their times count)."""
-        self.stop.set()
-        for t in self.threads:
+        print("ready", flush=True)
+        sys.stdin.read()  # until the parent closes it
+        stop.set()
+        for t in workers:
             t.join()
+        print(json.dumps(got), flush=True)
+    finally:
+        client.close()
 
 
 class LagSampler:
@@ -778,6 +857,7 @@ def open_cluster(pd: str | None, base: Path, info: dict[str, Any]) -> Iterator[C
         addrs = [a.strip() for a in pd.split(",") if a.strip()]
         client = kvstore.connect(addrs, lock_wait_timeout=30.0)
         info["description"] = f"cluster at PD {', '.join(addrs)} (kvstore.connect)"
+        info["pd"] = ",".join(addrs)
         try:
             yield client
         finally:
@@ -793,6 +873,7 @@ def open_cluster(pd: str | None, base: Path, info: dict[str, Any]) -> Iterator[C
         info["processes"] = [
             {"name": p.name, "role": p.role, "pid": p.pid} for p in cluster.processes()
         ]
+        info["pd"] = ",".join(cluster.pd_addrs)
         client = cluster.connect(lock_wait_timeout=30.0)
         try:
             yield client
@@ -865,7 +946,9 @@ def run_htapkv(
                 )
             )
             lag.phase = "oltp_analytics"
-            analytics = Analytics(client, args.analytic_threads, stats)
+            analytics = Analytics(
+                info["pd"], args.analytic_threads, stats, base / "analytics-client.log"
+            )
             try:
                 phases.append(
                     run_oltp(
@@ -883,6 +966,7 @@ def run_htapkv(
                 )
             finally:
                 analytics.finish()
+                out["analytics_pid"] = analytics.pid
             lag.phase = "verify"
         out["analytics"] = [s.to_json() for s in stats.values()]
         out["lag_samples"] = lag.samples
@@ -1448,6 +1532,7 @@ def run(args: argparse.Namespace) -> int:
         "load": out["load"],
         "phases": {p.name: p.to_json() for p in phases},
         "analytics": out.get("analytics", []),
+        "analytics_pid": out.get("analytics_pid"),
         "freshness": out.get("freshness", {}),
         "freshness_means": FRESHNESS_TEXT,
         "lag_samples": out.get("lag_samples", []),
@@ -1470,3 +1555,7 @@ def run(args: argparse.Namespace) -> int:
     if failure or not data["summary"]["consistent"]:
         return 1
     return 0
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--analytics-child"]:
+    analytics_child(sys.argv[2], int(sys.argv[3]))

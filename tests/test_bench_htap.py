@@ -331,4 +331,7 @@ def test_htap_quick_run_reports_every_section_and_stops_its_cluster(tmp_path: Pa
     pids = [x["pid"] for x in data["processes"]]
     assert len(pids) == 5 and all(pids)
     assert not any(alive(pid) for pid in pids)
+    # The analytic client ran in a process of its own, stopped too.
+    assert data["analytics_pid"] and data["analytics_pid"] not in pids
+    assert not alive(data["analytics_pid"])
     assert not any(data_dir.iterdir())
