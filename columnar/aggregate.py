@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyarrow import acero
 
+from columnar.expression import columns_of, is_expression, to_expression
 from kvstore.errors import InvalidArgumentError
 
 AGGREGATES = ("sum", "count", "min", "max")
@@ -77,6 +78,12 @@ def _check(aggs: Sequence[Agg]) -> None:
             raise InvalidArgumentError(f"unknown aggregate {fn!r}; one of {AGGREGATES}")
         if col == "*" and fn != "count":
             raise InvalidArgumentError("only count takes '*'")
+        columns_of(col)  # an expression must parse
+
+
+def aggregate_columns(aggs: Sequence[Agg]) -> list[str]:
+    """The columns ``aggs`` read (an expression's included), in order."""
+    return list(dict.fromkeys(c for col, _ in aggs for c in columns_of(col)))
 
 
 def partial_aggregate(
@@ -99,6 +106,19 @@ def partial_aggregate(
     plan = [acero.Declaration("table_source", acero.TableSourceNodeOptions(table))]
     if predicate is not None:
         plan.append(acero.Declaration("filter", acero.FilterNodeOptions(predicate)))
+    exprs = list(dict.fromkeys(col for col, _ in aggs if is_expression(col)))
+    if exprs:  # computed on the rows the filter kept, named by their text
+        plain = [c for c, _ in aggs if c != "*" and not is_expression(c)]
+        keep = list(dict.fromkeys([*keys, *plain]))
+        plan.append(
+            acero.Declaration(
+                "project",
+                acero.ProjectNodeOptions(
+                    [pc.field(c) for c in keep] + [to_expression(e) for e in exprs],
+                    keep + exprs,
+                ),
+            )
+        )
     plan.append(acero.Declaration("aggregate", acero.AggregateNodeOptions(spec, keys=list(keys))))
     out = acero.Declaration.from_sequence(plan).to_table(use_threads=False)
     # Keys first, then the aggregates in order (named above); a grouping
@@ -187,7 +207,7 @@ def _global_piece(table: pa.Table, aggs: Sequence[Agg], where: Sequence[Comparis
     mask = comparison_mask(table, where)
     # At least one column, so the filtered table keeps its row count for
     # count(*) (a table of no columns filters to no rows).
-    cols = list(dict.fromkeys(c for c, _ in aggs if c != "*")) or [where[0][0]]
+    cols = aggregate_columns(aggs) or [where[0][0]]
     return partial_aggregate(table.select(cols).filter(mask), [], aggs)
 
 

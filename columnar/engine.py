@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 from columnar.aggregate import (
     Agg,
     Comparison,
+    aggregate_columns,
     comparison_expression,
     filtered_aggregate,
     partial_aggregate,
@@ -440,7 +441,7 @@ class ColumnarStore:
                 predicate_columns = [c for c, _, _ in where]
         snap = self._snapshot(table, ts, bypass_locks)
         info = snap.info
-        wanted = list(dict.fromkeys([*group_by, *(c for c, _ in aggregates if c != "*")]))
+        wanted = list(dict.fromkeys([*group_by, *aggregate_columns(aggregates)]))
         if snap.view is not None:
             need = _needed(info, wanted, predicate, predicate_columns)
             strings = [c.name for c in need if c.name in group_by and c.kind.value == "string"]

@@ -25,6 +25,7 @@ from columnar.aggregate import (
     comparison_mask,
     filtered_aggregate,
 )
+from columnar.expression import columns_of, evaluate
 from kvstore import codec
 from kvstore.client import Client, Transaction, tables
 from kvstore.errors import (
@@ -394,3 +395,23 @@ def test_bad_comparisons_are_typed_errors() -> None:
     for bad in ([("i", "~", 1)], [("i", "<", None)], [("i",)]):
         with pytest.raises(InvalidArgumentError):
             filtered_aggregate(t, [], [("*", "count")], bad)  # type: ignore[arg-type]
+
+
+def test_expression_aggregates_parse_strictly_and_compute_like_arrow() -> None:
+    t = pa.table({"p": [10.0, 20.0, 40.0], "d": [0.5, 0.25, 0.0], "k": [1, 2, 4]})
+    assert evaluate(t, "p * (1 - d)").to_pylist() == [5.0, 15.0, 40.0]
+    assert evaluate(t, "-k + 2 * k").to_pylist() == [1, 2, 4]
+    assert evaluate(t, "k / 2").to_pylist() == [0.5, 1.0, 2.0]  # division is in DOUBLE
+    assert columns_of("p * (1 - d) * (1 + p)") == ["p", "d"]
+    assert columns_of("*") == [] and columns_of("p") == ["p"]
+    got = partial_aggregate(t, [], [("p * (1 - d)", "sum"), ("*", "count")], pc.field("k") > 1)
+    assert got.to_pylist() == [{"sum(p * (1 - d))": 55.0, "count(*)": 2}]
+    got = filtered_aggregate(t, [], [("p * d", "max")], [("k", ">", 1)])
+    assert got.to_pylist() == [{"max(p * d)": 5.0}]
+    for bad in ("p.x", "f(p)", "p ** 2", "'s'", "p and d", "p[0]", "1 +", "p * True"):
+        with pytest.raises(InvalidArgumentError):
+            evaluate(t, bad)
+    with pytest.raises(InvalidArgumentError, match="no column 'zz'"):
+        evaluate(t, "zz * 2")
+    with pytest.raises(InvalidArgumentError):
+        partial_aggregate(t, [], [("p ** 2", "sum")])

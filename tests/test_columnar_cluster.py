@@ -197,6 +197,17 @@ def test_many_regions_and_pushdown(cluster: LocalCluster, client: Client) -> Non
         return sorted(t.to_pylist(), key=lambda r: r["name"])
 
     assert by_name(got) == by_name(want) and got.num_rows == 7
+    # Expressions in aggregates, filtered, global (the node's kernel path)
+    # and grouped; amount and n are exact in binary, so the sums are too.
+    expr_aggs = [("sum", "amount * (1 - n / 4)"), ("min", "amount - n"), ("count", "*")]
+    for by in ([], ["name"]):
+        got = client.columnar_scan("big", None, pred, ts, group_by=by, aggregates=expr_aggs)
+        want = row_store_scan(client, "big", None, pred, ts, by, expr_aggs)
+        assert got.column_names == [*by, "sum(amount * (1 - n / 4))", "min(amount - n)", "count(*)"]
+        assert sorted(got.to_pylist(), key=str) == sorted(want.to_pylist(), key=str)
+        assert got.num_rows == (7 if by else 1) and got["count(*)"].to_pylist()[0] > 0
+    with pytest.raises(InvalidArgumentError):
+        client.columnar_scan("big", ts=ts, aggregates=[("sum", "amount ** 2")])
     # The wire: Arrow IPC in messages of at least ~100 KB but the last.
     node = next(p for p in cluster.processes() if p.role == "columnar")
     ch = new_channel(node.addr)

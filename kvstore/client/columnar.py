@@ -16,7 +16,10 @@ IPC stream. It handles what the learner read can answer:
 
 Predicates are ``(column, op, value)`` tuples, ANDed; ops ``= != < <= > >=``,
 ``is_null``, ``not_null``. Aggregates are ``(function, column)`` with
-functions ``sum count min max`` (``("count", "*")`` counts rows); with
+functions ``sum count min max`` (``("count", "*")`` counts rows); the
+column may be an arithmetic expression of columns
+(``("sum", "l_extendedprice * (1 - l_discount)")``, see
+:mod:`columnar.expression`), which also names the result; with
 ``group_by`` they are computed per group. Over the columnar path the node
 computes them; with one columnar node holding every Region its partial
 aggregate is the final one (several nodes would need a merge here).
@@ -36,6 +39,7 @@ import grpc
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from columnar.expression import columns_of, with_expressions
 from kvstore.client.routing import new_channel
 from kvstore.errors import DataIsNotReadyError, InvalidArgumentError, KeyIsLockedError
 from kvstore.proto import columnarpb_pb2
@@ -76,6 +80,9 @@ def check_aggregates(aggregates: Sequence[Aggregate]) -> None:
             raise InvalidArgumentError(
                 f"an aggregate is (function, column) with function one of {', '.join(_AGGS)}: {a!r}"
             )
+        if a[1] == "*" and a[0] != "count":
+            raise InvalidArgumentError("only count takes '*'")
+        columns_of(a[1])  # "price * (1 - discount)": it must parse
 
 
 def _compare(col: str, op: str, value: Any) -> pc.Expression:
@@ -183,7 +190,10 @@ def _predicate_pb(p: Predicate) -> columnarpb_pb2.Predicate:
 def aggregate(
     table: pa.Table, group_by: Sequence[str], aggregates: Sequence[Aggregate]
 ) -> pa.Table:
-    """Group and aggregate ``table`` (the final step, or the fallback's only)."""
+    """Group and aggregate ``table`` (the final step, or the fallback's only);
+    an aggregate of an expression (:mod:`columnar.expression`) sums its
+    values."""
+    table = with_expressions(table, [col for _, col in aggregates])
     spec: list[tuple[Any, str]] = [
         ([], "count_all") if (fn == "count" and col == "*") else (col, fn) for fn, col in aggregates
     ]

@@ -1,0 +1,117 @@
+"""Arithmetic over columns, for what an aggregate sums: TPC-H's
+``l_extendedprice * (1 - l_discount)``.
+
+An aggregate's argument is ``*``, a column name, or an expression of column
+names and numeric literals with ``+ - * /``, unary minus and parentheses
+(Python's grammar for these, parsed with :mod:`ast`; nothing else is
+accepted). The same text names the aggregate's result
+(``sum(l_extendedprice * (1 - l_discount))``), so the columnar node, the
+row-store fallback and the client agree on it.
+
+One evaluator serves both executions: given ``pc.field`` leaves it builds a
+``pyarrow.compute`` expression (for an Acero plan), given arrays it computes
+the values with the same kernels. Arithmetic is Arrow's checked arithmetic
+(an overflow is an error, not a wrap); ``/`` divides in DOUBLE.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from kvstore.errors import InvalidArgumentError
+
+_BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
+    ast.Add: pc.add_checked,
+    ast.Sub: pc.subtract_checked,
+    ast.Mult: pc.multiply_checked,
+    ast.Div: lambda a, b: pc.divide(pc.cast(a, pa.float64()), pc.cast(b, pa.float64())),
+}
+
+
+def is_expression(arg: str) -> bool:
+    """Is this aggregate argument an expression (not ``*`` or a column)?"""
+    return arg != "*" and not arg.isidentifier()
+
+
+@functools.lru_cache(maxsize=256)
+def _parse(text: str) -> ast.expr:
+    try:
+        tree = ast.parse(text.strip(), mode="eval").body
+    except SyntaxError as e:
+        raise InvalidArgumentError(f"bad expression {text!r}: {e.msg}") from None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+            continue
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            continue
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            continue
+        # Operators are checked with their BinOp/UnaryOp above.
+        if isinstance(node, (ast.Name, ast.Load, ast.operator, ast.unaryop)):
+            continue
+        raise InvalidArgumentError(
+            f"bad expression {text!r}: only column names, numbers, + - * / and "
+            "parentheses are allowed"
+        )
+    return tree
+
+
+def columns_of(arg: str) -> list[str]:
+    """The columns an aggregate argument reads (none for ``*``), in order."""
+    if arg == "*":
+        return []
+    if not is_expression(arg):
+        return [arg]
+    names = [n.id for n in ast.walk(_parse(arg)) if isinstance(n, ast.Name)]
+    return list(dict.fromkeys(names))
+
+
+def _eval(node: ast.expr, leaf: Callable[[str], Any], const: Callable[[Any], Any]) -> Any:
+    if isinstance(node, ast.Name):
+        return leaf(node.id)
+    if isinstance(node, ast.Constant):
+        return const(node.value)
+    if isinstance(node, ast.UnaryOp):
+        x = _eval(node.operand, leaf, const)
+        return pc.negate_checked(x) if isinstance(node.op, ast.USub) else x
+    assert isinstance(node, ast.BinOp)
+    left, right = _eval(node.left, leaf, const), _eval(node.right, leaf, const)
+    return _BINARY[type(node.op)](left, right)
+
+
+def to_expression(arg: str) -> pc.Expression:
+    """``arg`` as a ``pyarrow.compute`` expression."""
+    # Literals as expressions too: compute functions do not mix the two.
+    return _eval(_parse(arg), pc.field, pc.scalar)
+
+
+def evaluate(table: pa.Table, arg: str) -> pa.ChunkedArray:
+    """The values of ``arg`` for every row of ``table``."""
+    missing = [c for c in columns_of(arg) if c not in table.column_names]
+    if missing:
+        raise InvalidArgumentError(f"expression {arg!r}: no column {missing[0]!r}")
+    try:
+        out = _eval(_parse(arg), lambda name: table[name], pa.scalar)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+        raise InvalidArgumentError(f"expression {arg!r}: {e}") from None
+    if isinstance(out, pa.Scalar):  # no column at all: one value per row
+        return pa.chunked_array([pa.repeat(out, table.num_rows)], out.type)
+    return out if isinstance(out, pa.ChunkedArray) else pa.chunked_array([out])
+
+
+def with_expressions(table: pa.Table, args: Sequence[str]) -> pa.Table:
+    """``table`` plus a column named by each expression of ``args``
+    (column names and ``*`` need none)."""
+    for arg in dict.fromkeys(a for a in args if is_expression(a)):
+        if arg not in table.column_names:
+            table = table.append_column(arg, evaluate(table, arg))
+    return table
+
+
+__all__ = ["columns_of", "evaluate", "is_expression", "to_expression", "with_expressions"]
