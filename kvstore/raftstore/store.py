@@ -136,6 +136,14 @@ class PeerSink:
         # ``sync`` is moot: the Raft log is fsync'd before the entry commits.
         self.peer.propose_write(batch, getattr(self._request, "epoch", None))
 
+    def write_async(self, batch: WriteBatch, done: Callable[[Exception | None], None]) -> None:
+        """:meth:`write` without waiting: ``done(error or None)`` once the
+        batch is applied here, in the Raft driver thread (or at once in this
+        one if this replica cannot propose)."""
+        self.peer.propose_write_async(
+            batch, lambda _result, err: done(err), getattr(self._request, "epoch", None)
+        )
+
 
 class RegionHandle:
     """A routed request's view of one Region (see :meth:`Store.region`)."""

@@ -120,6 +120,40 @@ class RawStore:
         with self.latches.acquire(keys):
             self._write(batch)
 
+    def raw_batch_put_async(
+        self,
+        pairs: Iterable[tuple[bytes, bytes]],
+        ttl: int | None,
+        done: Callable[[Exception | None], None],
+    ) -> bool:
+        """:meth:`raw_batch_put` without waiting, when the sink can write
+        asynchronously and the keys' latches are free right now: ``done``
+        gets the outcome (None, or the error :meth:`raw_batch_put` would
+        raise), in the sink's thread, after the latches are released.
+        Returns False, having done nothing, when the caller should use
+        :meth:`raw_batch_put` instead; raises what it raises for bad input."""
+        write_async = getattr(self._sink, "write_async", None)
+        if write_async is None:
+            return False
+        keys, batch = self.put_batch(pairs, ttl)
+        if not keys:
+            done(None)
+            return True
+        held = self.latches.acquire(keys)
+        if not held.try_take():
+            return False
+
+        def finished(err: Exception | None) -> None:
+            held.release()
+            done(err)
+
+        try:
+            write_async(batch, finished)
+        except BaseException:
+            held.release()
+            raise
+        return True
+
     def put_batch(
         self, pairs: Iterable[tuple[bytes, bytes]], ttl: int | None = None
     ) -> tuple[list[bytes], WriteBatch]:

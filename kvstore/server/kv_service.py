@@ -76,6 +76,10 @@ from kvstore.server.embedded import EmbeddedStore
 from kvstore.types import LockInfo, Mutation, TxnStatus, validate_key, validate_value
 
 log = logging.getLogger(__name__)
+# A coalesced group of at most this many RawPuts is answered from the Raft
+# driver thread that applied it; a larger one is handed to a worker, so
+# serialising answers never holds up the driver.
+ASYNC_INLINE_ANSWERS = 16
 
 
 class KvHandler(Protocol):
@@ -627,31 +631,74 @@ class KvService:
         (a write batch is atomic, and concurrent puts have no order to keep).
         The outcome, a Region error included, is every request's outcome."""
         first = subs[0].RawPut
-        outs = [tikvpb_pb2.BatchCommandsResponse.Response() for _ in subs]
         try:
             ctx = context_from_pb(first.context)
             self.handler.raw_batch_put(
                 ctx, [(s.RawPut.key, s.RawPut.value) for s in subs], _ttl(first)
             )
-        except KVError as e:
-            for out in outs:
-                set_error(out.RawPut, e)
         except Exception as e:
-            log.exception("RawPut (coalesced) failed")
+            return self._raw_put_outcome(len(subs), e)
+        return self._raw_put_outcome(len(subs), None)
+
+    @staticmethod
+    def _raw_put_outcome(
+        n: int, error: Exception | None
+    ) -> list[tikvpb_pb2.BatchCommandsResponse.Response]:
+        outs = [tikvpb_pb2.BatchCommandsResponse.Response() for _ in range(n)]
+        if isinstance(error, KVError):
+            for out in outs:
+                set_error(out.RawPut, error)
+        elif error is not None:
+            log.error("RawPut (coalesced) failed", exc_info=error)
             for out in outs:
                 out.status.code = grpc.StatusCode.INTERNAL.value[0]
-                out.status.message = f"RawPut: {type(e).__name__}: {e}"
+                out.status.message = f"RawPut: {type(error).__name__}: {error}"
         else:
             for out in outs:
                 out.RawPut.SetInParent()
         return outs
+
+    def _start_raw_puts(
+        self,
+        subs: list[tikvpb_pb2.BatchCommandsRequest.Request],
+        finish: Callable[[list[tikvpb_pb2.BatchCommandsResponse.Response]], None],
+    ) -> bool:
+        """Start :meth:`_run_raw_puts`'s work from this (the stream's reader)
+        thread without waiting for it, if the handler can
+        (``raw_batch_put_async``): ``finish`` gets the answers once the Raft
+        round is done. No worker thread takes the request or waits on the
+        round: at 1 in flight that is two thread hand-offs fewer. False: the
+        caller must run it on the pool (no async path, or a latch is busy)."""
+        put_async = getattr(self.handler, "raw_batch_put_async", None)
+        if put_async is None:
+            return False
+        n = len(subs)
+
+        def done(err: Exception | None) -> None:
+            # The Raft driver thread: a few answers are built here; a big
+            # group goes to the pool, so the driver gets back to Raft.
+            if n <= ASYNC_INLINE_ANSWERS:
+                finish(self._raw_put_outcome(n, err))
+            else:
+                self._pool.submit(lambda: finish(self._raw_put_outcome(n, err)))
+
+        first = subs[0].RawPut
+        try:
+            ctx = context_from_pb(first.context)
+            started: bool = put_async(
+                ctx, [(s.RawPut.key, s.RawPut.value) for s in subs], _ttl(first), done
+            )
+        except Exception as e:  # refused before anything was proposed
+            finish(self._raw_put_outcome(n, e))
+            return True
+        return started
 
     @staticmethod
     def _coalescable_puts(
         msg: tikvpb_pb2.BatchCommandsRequest,
     ) -> tuple[list[list[int]], list[int]]:
         """Split ``msg``'s requests into groups of valid RawPuts sharing a
-        routing context and TTL (2 or more each) and everything else."""
+        routing context and TTL and everything else."""
         groups: dict[bytes, list[int]] = {}
         rest: list[int] = []
         for i, sub in enumerate(msg.requests):
@@ -669,12 +716,8 @@ class KvService:
             key = r.context.SerializeToString(deterministic=True) + ttl
             groups.setdefault(key, []).append(i)
         coalesced = []
-        for idxs in groups.values():
-            if len(idxs) >= 2:
-                coalesced.append(idxs)
-            else:
-                rest.extend(idxs)
-        rest.sort()
+        # A lone put is a group too: it can take the asynchronous path.
+        coalesced = list(groups.values())
         return coalesced, rest
 
     def _start_batch(
@@ -694,14 +737,10 @@ class KvService:
         step = self._batch_chunk
         tasks: list[list[int]] = [*coalesced]
         tasks += [rest[lo : lo + step] for lo in range(0, len(rest), step)]
-        remaining = [len(tasks)]
+        remaining = [len(tasks)]  # counted before any task can finish
         mu = threading.Lock()
 
-        def run(idxs: list[int], together: bool) -> None:
-            if together:
-                outs = self._run_raw_puts([msg.requests[i] for i in idxs])
-            else:
-                outs = [self._run_one(msg.requests[i]) for i in idxs]
+        def finish(idxs: list[int], outs: list[tikvpb_pb2.BatchCommandsResponse.Response]) -> None:
             reply = tikvpb_pb2.BatchCommandsResponse(request_ids=[msg.request_ids[i] for i in idxs])
             reply.responses.extend(outs)
             send(reply.SerializeToString())
@@ -711,10 +750,22 @@ class KvService:
             if last:
                 complete()
 
+        def run(idxs: list[int], together: bool) -> None:
+            if together:
+                outs = self._run_raw_puts([msg.requests[i] for i in idxs])
+            else:
+                outs = [self._run_one(msg.requests[i]) for i in idxs]
+            finish(idxs, outs)
+
         if not tasks:
             complete()
         for k, idxs in enumerate(tasks):
-            self._pool.submit(run, idxs, k < len(coalesced))
+            together = k < len(coalesced)
+            if together and self._start_raw_puts(
+                [msg.requests[i] for i in idxs], functools.partial(finish, idxs)
+            ):
+                continue
+            self._pool.submit(run, idxs, together)
 
     def _batch_commands(
         self, request_iterator: Iterator[bytes], context: grpc.ServicerContext

@@ -11,7 +11,7 @@ or raw store, whose batches are proposed to the Region's Raft group.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 from kvstore import codec
@@ -176,6 +176,19 @@ class RegionKvHandler:
         pairs = list(pairs)
         keys = [p[0] for p in pairs if isinstance(p, tuple) and len(p) == 2]
         self._raw(ctx, keys, read=False).rawstore.raw_batch_put(pairs, ttl)
+
+    def raw_batch_put_async(
+        self,
+        ctx: RequestContext,
+        pairs: Sequence[tuple[bytes, bytes]],
+        ttl: int | None,
+        done: Callable[[Exception | None], None],
+    ) -> bool:
+        """:meth:`raw_batch_put` without a thread waiting on the Raft round
+        (see :meth:`RawStore.raw_batch_put_async`): False if it must run
+        the blocking way (a latch is busy)."""
+        keys = [p[0] for p in pairs]
+        return self._raw(ctx, keys, read=False).rawstore.raw_batch_put_async(pairs, ttl, done)
 
     def raw_delete(self, ctx: RequestContext, key: bytes) -> None:
         self._raw(ctx, [key], read=False).rawstore.raw_delete(key)

@@ -40,6 +40,20 @@ class _Held:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self.release()
+
+    def try_take(self) -> bool:
+        """Take every latch now or none (no waiting)."""
+        for i, lock in enumerate(self._locks):
+            if not lock.acquire(blocking=False):
+                for held in reversed(self._locks[:i]):
+                    held.release()
+                return False
+        return True
+
+    def release(self) -> None:
+        # Plain locks: any thread may release them, so a command that
+        # finishes in a callback on another thread releases its latches there.
         for lock in reversed(self._locks):
             lock.release()
 
