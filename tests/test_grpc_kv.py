@@ -523,3 +523,97 @@ def test_a_slow_request_does_not_hold_up_its_message() -> None:
         handler.release.set()
         bound.stop(grace=None)
         handler.store.close()
+
+
+class AsyncPutHandler(EmbeddedHandler):
+    """Takes RawPuts asynchronously (as the Region handler does), records
+    the thread each group arrives on, and completes them when told, from
+    another thread (the Raft driver's role); ``busy`` refuses the async
+    path (a latch taken) so the blocking one must run."""
+
+    def __init__(self) -> None:
+        super().__init__(EmbeddedStore(MemoryEngine(), durable=False))
+        self.threads: list[str] = []
+        self.pending: list[tuple[list[tuple[bytes, bytes]], Any]] = []
+        self.blocking: list[list[tuple[bytes, bytes]]] = []
+        self.busy = False
+        self.cv = threading.Condition()
+
+    def raw_batch_put_async(self, ctx: Any, pairs: Any, ttl: int | None, done: Any) -> bool:
+        if self.busy:
+            return False
+        if pairs and pairs[0][0] == b"refused":
+            raise NotLeaderError(1, leader_store_id=2, leader_peer_id=3)
+        with self.cv:
+            self.threads.append(threading.current_thread().name)
+            self.pending.append((list(pairs), done))
+            self.cv.notify_all()
+        return True
+
+    def raw_batch_put(self, ctx: Any, pairs: Any, ttl: int | None = None) -> None:
+        self.blocking.append(list(pairs))
+        super().raw_batch_put(ctx, pairs, ttl)
+
+    def complete(self, n: int, error: Exception | None = None) -> None:
+        with self.cv:
+            assert self.cv.wait_for(lambda: len(self.pending) >= n, 10)
+            pending, self.pending = self.pending, []
+
+        def driver() -> None:
+            for pairs, done in pending:
+                if error is None:
+                    super(AsyncPutHandler, self).raw_batch_put(None, pairs)  # type: ignore[arg-type]
+                done(error)
+
+        t = threading.Thread(target=driver, name="fake-raft-driver")
+        t.start()
+        t.join()
+
+
+def test_raw_puts_start_from_the_reader_and_are_answered_from_the_apply() -> None:
+    handler = AsyncPutHandler()
+    bound = serve(handler, "127.0.0.1:0")
+    try:
+        with grpc.insecure_channel(bound.address, options=channel_options()) as ch:
+            stream = ch.stream_stream(
+                f"/{KV_SERVICE}/BatchCommands",
+                request_serializer=tikvpb_pb2.BatchCommandsRequest.SerializeToString,
+                response_deserializer=tikvpb_pb2.BatchCommandsResponse.FromString,
+            )
+
+            def send(keys: list[bytes], complete: Any = None) -> list[Any]:
+                msg = tikvpb_pb2.BatchCommandsRequest(request_ids=list(range(1, len(keys) + 1)))
+                for key in keys:
+                    msg.requests.add().RawPut.CopyFrom(
+                        kvrpcpb_pb2.RawPutRequest(key=key, value=b"v" + key)
+                    )
+                replies = stream(iter([msg]), timeout=10)
+                if complete is not None:
+                    complete()
+                by_id = {}
+                for reply in replies:
+                    by_id.update(zip(reply.request_ids, reply.responses, strict=True))
+                return [by_id[i] for i in sorted(by_id)]
+
+            # A lone put and a group of 40 (answered by a worker, not the driver).
+            for keys in ([b"one"], [b"g%02d" % i for i in range(40)]):
+                r = send(keys, lambda: handler.complete(1))
+                assert [x.WhichOneof("cmd") for x in r] == ["RawPut"] * len(keys)
+                assert not any(x.RawPut.HasField("error") for x in r)
+                assert all(handler.raw_get(None, k) == b"v" + k for k in keys)  # type: ignore[arg-type]
+            # Proposed from the stream's reader thread: no worker took them.
+            assert handler.threads == ["kv-batch-reader", "kv-batch-reader"]
+            assert handler.blocking == []
+            # An error from the apply reaches every request of the group, typed.
+            r = send([b"a", b"b"], lambda: handler.complete(1, NotLeaderError(1, 2, 3)))
+            assert all(x.RawPut.region_error.HasField("not_leader") for x in r)
+            # Refused before proposing: typed too.
+            r = send([b"refused"])
+            assert r[0].RawPut.region_error.HasField("not_leader")
+            # A busy latch: the blocking path runs instead, same answer.
+            handler.busy = True
+            r = send([b"late"])
+            assert handler.blocking == [[(b"late", b"vlate")]] and not r[0].RawPut.HasField("error")
+    finally:
+        bound.stop(grace=None)
+        handler.store.close()

@@ -274,3 +274,50 @@ def test_ttl_through_client_is_not_expired_immediately(client):
     client.raw.put(b"k", b"v", ttl=3600)
     client.raw.batch_put([(b"j", b"w")], ttl=3600)
     assert client.raw.batch_get([b"k", b"j"]) == {b"k": b"v", b"j": b"w"}
+
+
+class DeferredSink:
+    """A sink that writes later, when told (as a Raft apply would)."""
+
+    def __init__(self, engine: MemoryEngine) -> None:
+        self.engine = engine
+        self.pending: list[tuple[object, object]] = []
+
+    def write(self, batch, *, sync: bool = False) -> None:
+        self.engine.write(batch, sync=sync)
+
+    def write_async(self, batch, done) -> None:
+        self.pending.append((batch, done))
+
+    def apply_all(self, error: Exception | None = None) -> None:
+        pending, self.pending = self.pending, []
+        for batch, done in pending:
+            if error is None:
+                self.engine.write(batch)
+            done(error)
+
+
+def test_async_batch_put_holds_its_latches_until_applied() -> None:
+    engine = MemoryEngine()
+    sink = DeferredSink(engine)
+    store = RawStore(engine, sink)
+    outcomes: list[Exception | None] = []
+    assert store.raw_batch_put_async([(b"k", b"1")], None, outcomes.append)
+    assert sink.pending and store.raw_get(b"k") is None and outcomes == []
+    # The key's latch is held until the apply: a second put must not start
+    # asynchronously (it would race the first), nor be queued behind it.
+    assert not store.raw_batch_put_async([(b"k", b"2")], None, outcomes.append)
+    assert len(sink.pending) == 1
+    sink.apply_all()
+    assert outcomes == [None] and store.raw_get(b"k") == b"1"
+    # Released: the next one starts, and its error reaches the caller.
+    assert store.raw_batch_put_async([(b"k", b"2")], None, outcomes.append)
+    failure = RuntimeError("proposal dropped")
+    sink.apply_all(failure)
+    assert outcomes == [None, failure] and store.raw_get(b"k") == b"1"
+    assert store.raw_batch_put_async([(b"k", b"3")], None, outcomes.append)  # latch free again
+    # Bad input is refused before anything is proposed.
+    with pytest.raises(kvstore.InvalidArgumentError):
+        store.raw_batch_put_async([(b"", b"v")], None, outcomes.append)
+    # A sink without write_async: the caller must take the blocking path.
+    assert not RawStore(engine, engine).raw_batch_put_async([(b"x", b"v")], None, outcomes.append)
