@@ -155,6 +155,8 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--reps",
+        "--ops",
+        dest="reps",
         type=positive_int,
         help=f"timed runs of each query on the columnar replica and in DuckDB "
         f"(default {DEFAULT_REPS}, {QUICK_REPS} with --quick)",
@@ -167,12 +169,16 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--lag-seconds",
+        "--duration",
+        dest="lag_seconds",
         type=positive_float,
         help=f"how long the write load and the lag probe run (default {DEFAULT_LAG_SECONDS:g}, "
         f"{QUICK_LAG_SECONDS:g} with --quick)",
     )
     p.add_argument(
         "--lag-threads",
+        "--concurrency",
+        dest="lag_threads",
         type=positive_int,
         help=f"threads of the YCSB-A-style write load (default {DEFAULT_LAG_THREADS}, "
         f"{QUICK_LAG_THREADS} with --quick)",

@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING, Any
 from bench.report import (
     add_run_flags,
     busy_warning,
+    does_not_apply,
     fmt,
     load_average,
     notes_section,
@@ -126,6 +127,8 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--inflight",
+        "--concurrency",
+        dest="inflight",
         type=_int_list(MAX_INFLIGHT),
         help=f"comma-separated proposals in flight (default {DEFAULT_INFLIGHT})",
     )
@@ -154,6 +157,10 @@ def register(sub: Any) -> None:
         f"{QUICK_DURATION:g} s each (a smoke test)",
         keep_data_help="do not delete the data (and the follower logs) afterwards",
     )
+    does_not_apply(
+        p, "--pd", "it starts its own store processes for each configuration (Regions count)"
+    )
+    does_not_apply(p, "--ops", "each configuration runs for a time window: use --duration")
     p.set_defaults(func=run)
 
 

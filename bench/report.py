@@ -252,6 +252,35 @@ def add_run_flags(
     p.add_argument("--quick", action="store_true", help=quick_help)
 
 
+class _DoesNotApply(argparse.Action):
+    def __init__(self, *args: Any, reason: str, **kwargs: Any) -> None:
+        self.reason = reason
+        super().__init__(*args, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        parser.error(f"{option_string} does not apply to this workload: {self.reason}")
+
+
+def does_not_apply(p: argparse.ArgumentParser, flag: str, reason: str) -> None:
+    """Accept one of the shared flags (``--pd``, ``--duration``, ``--ops``,
+    ``--concurrency``) that this workload has no use for, and refuse it with
+    ``reason``, so that every workload answers every shared flag the same
+    way rather than with "unrecognized arguments"."""
+    p.add_argument(
+        flag,
+        action=_DoesNotApply,
+        reason=reason,
+        metavar="X",
+        help=f"does not apply: {reason}",
+    )
+
+
 # Warn when the load average exceeds this per CPU: the numbers are then noisy.
 BUSY_LOAD_PER_CPU = 0.5
 

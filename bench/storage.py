@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any
 from bench.report import (
     add_run_flags,
     busy_warning,
+    does_not_apply,
     fmt,
     load_average,
     notes_section,
@@ -131,6 +132,7 @@ def register(sub: Any) -> None:
         quick_help=f"tiny phases ({QUICK_OPS} ops): a smoke run of a few seconds",
         keep_data_help="do not delete the databases afterwards",
     )
+    does_not_apply(p, "--pd", "it compares storage engines inside this process, no cluster")
     p.set_defaults(func=run)
 
 

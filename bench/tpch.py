@@ -43,7 +43,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.report import add_run_flags, positive_float, positive_int
+from bench.report import add_run_flags, does_not_apply, positive_float, positive_int
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -274,14 +274,26 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--sf", type=positive_float, default=1.0, help="scale factor (default 1)")
     p.add_argument("--queries", default="1-22", help="e.g. 1-22 or 1,3,6 (default all)")
-    p.add_argument("--reps", type=positive_int, default=2, help="timed runs per query (default 2)")
+    p.add_argument(
+        "--reps",
+        "--ops",
+        dest="reps",
+        type=positive_int,
+        default=2,
+        help="timed runs per query (default 2)",
+    )
     p.add_argument(
         "--row-timeout", type=positive_float, default=60.0, help="row-path bound in s (default 60)"
     )
     p.add_argument("--no-row", action="store_true", help="skip the row path")
     p.add_argument("--batch", type=positive_int, default=5000, help="rows per load transaction")
     p.add_argument(
-        "--load-threads", type=positive_int, default=4, help="load transactions in flight"
+        "--load-threads",
+        "--concurrency",
+        dest="load_threads",
+        type=positive_int,
+        default=4,
+        help="load transactions in flight",
     )
     p.add_argument("--pd", metavar="ADDR", help="use a running cluster with a columnar node")
     add_run_flags(
@@ -291,6 +303,7 @@ def register(sub: Any) -> None:
         quick_help=f"a smoke test: SF {QUICK_SF:g}, one rep, no row path",
         keep_data_help="do not delete the data afterwards",
     )
+    does_not_apply(p, "--duration", "it runs each query a number of times: use --ops")
     p.set_defaults(func=run)
 
 
