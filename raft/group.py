@@ -28,7 +28,7 @@ import pysyncobj.serializer as _serializer
 from pysyncobj import FAIL_REASON, SyncObj, replicated
 from pysyncobj import pickle as syncobj_pickle
 from pysyncobj.monotonic import monotonic as syncobj_monotonic
-from pysyncobj.syncobj import _RAFT_STATE
+from pysyncobj.syncobj import _COMMAND_TYPE, _RAFT_STATE
 
 from raft.config import RaftConfig
 from raft.lease import LeaderLease
@@ -156,6 +156,20 @@ class _Replica(SyncObj):  # type: ignore[misc]
     def _apply_batch(self, term: int, commands: list[bytes]) -> list[Any] | None:
         index = self.raftLastApplied + 1
         return self._group._on_apply(index, term, commands)
+
+    # What ``self._apply_batch(term, commands, callback=cb)`` does, with a
+    # cheaper pickle. pysyncobj pickles a replicated call with protocol 2,
+    # where every ``bytes`` object becomes a call to ``_codecs.encode`` of a
+    # latin-1 string: an entry of 133 commands of ~150 bytes took ~380 µs to
+    # dump on the leader and ~360 µs to load on *every* replica at apply
+    # (protocol 5: ~6 µs each), and was 60% bigger in the log and on the
+    # wire. The entry is the same ``(funcID, args)`` tuple pysyncobj's apply
+    # unpickles (``pickle.loads`` reads any protocol), so entries already in
+    # a log written before this change still apply.
+    def propose_batch(self, term: int, commands: list[bytes], callback: Any) -> None:
+        func_id = self._methodToID[self._getFuncName("_apply_batch")]
+        data = pickle.dumps((func_id, (term, commands)), protocol=pickle.HIGHEST_PROTOCOL)
+        self._applyCommand(data, callback, _COMMAND_TYPE.REGULAR)
 
     # Follower's append acknowledgement: deferred until the driver has
     # flushed the log (the entries it acknowledges must be durable). Only the
@@ -470,7 +484,7 @@ class RaftGroup:
             for prop in done:
                 prop.done(None, error)
 
-        self.obj._apply_batch(term, [p.command for p in batch], callback=on_result)
+        self.obj.propose_batch(term, [p.command for p in batch], on_result)
         if more:
             self._driver.wake()
 
