@@ -295,16 +295,19 @@ class RaftDriver:
             except BaseException as e:
                 box.append(e)
             ev.set()
-        self._flush()
         groups = list(self.groups.values())
+        if calls:  # a call may have changed any group's state: tick them all
+            for g in groups:
+                g.obj._wants_tick = True
+        self._flush()
         for g in groups:
             g._drain()
-        self.hub.tick()
         now = time.monotonic()
+        self.hub.tick()
         if self._timers:
             self._run_timers(now)
         for g in groups:
-            g.obj.doTick(0.0)
+            g.tick_if_due(now)
             g._expire(now)
         self._send_appends()
         self._flush()
