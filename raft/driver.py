@@ -119,6 +119,7 @@ class RaftDriver:
         self._calls_lock = threading.Lock()
         self._loop_cv = threading.Condition()
         self._loops = 0
+        self._loop_waiters = 0  # threads in wait_loop (guarded by _loop_cv)
         self._stop = False
         self._thread = threading.Thread(target=self._run, name=f"{name}-driver", daemon=True)
         self._thread.start()
@@ -236,8 +237,12 @@ class RaftDriver:
     def wait_loop(self, timeout: float = 1.0) -> None:
         """Block until the driver completes another loop."""
         with self._loop_cv:
-            n = self._loops
-            self._loop_cv.wait_for(lambda: self._loops > n or self._stop, timeout)
+            self._loop_waiters += 1
+            try:
+                n = self._loops
+                self._loop_cv.wait_for(lambda: self._loops > n or self._stop, timeout)
+            finally:
+                self._loop_waiters -= 1
 
     def stop(self) -> None:
         if self._stop:
@@ -256,11 +261,12 @@ class RaftDriver:
 
     # ------------------------------------------------------------ loop
     def _on_wake(self, _fd: int, _ev: int) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
+        # One read: a wake-up is one byte and writers rarely pile up more
+        # than 4096 (what is left makes the next poll return at once); a
+        # second read would only fail with EAGAIN, a syscall and an
+        # exception per wake-up.
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._wake_r, 4096)
 
     def _run(self) -> None:
         while not self._stop:
@@ -295,23 +301,30 @@ class RaftDriver:
             except BaseException as e:
                 box.append(e)
             ev.set()
-        self._flush()
         groups = list(self.groups.values())
+        if calls:  # a call may have changed any group's state: tick them all
+            for g in groups:
+                g.obj._wants_tick = True
+        self._flush()
         for g in groups:
             g._drain()
-        self.hub.tick()
         now = time.monotonic()
+        self.hub.tick()
         if self._timers:
             self._run_timers(now)
         for g in groups:
-            g.obj.doTick(0.0)
+            g.tick_if_due(now)
             g._expire(now)
         self._send_appends()
         self._flush()
         self._poller.poll(self._poll_timeout())
-        with self._loop_cv:
-            self._loops += 1
-            self._loop_cv.notify_all()
+        # Only the driver writes _loops. A waiter registers under the lock
+        # before reading it, so either it reads the new value or we see it
+        # registered: taking the lock to notify no one (most loops) is saved.
+        self._loops += 1
+        if self._loop_waiters:
+            with self._loop_cv:
+                self._loop_cv.notify_all()
 
     def _flush(self) -> None:
         self.log_store.flush()

@@ -49,6 +49,10 @@ RECONNECT_INTERVAL = 0.2
 MAX_UNSENT_BYTES = 64 * 1024 * 1024
 # A learner no voter has fed for this long says hello again (seconds).
 LEARNER_HELLO_INTERVAL = 0.5
+# The hub's housekeeping (redial, learner hellos, undrained links) runs this
+# often, not in every driver loop (several per write): it walks every group
+# and every link, and none of it is more urgent than RECONNECT_INTERVAL.
+HUB_TICK_INTERVAL = 0.01
 # Frame kinds: introduce the dialling store; a group's Raft message; a
 # learner asking to be fed; a voter asking the leader to hand it leadership.
 _HELLO, _MSG, _LEARNER, _TRANSFER = 0, 1, 2, 3
@@ -140,6 +144,7 @@ class StoreTransportHub:
         self.links: dict[str, _Link] = {}
         self.groups: dict[int, MuxTransport] = {}
         self._incoming: set[TcpConnection] = set()
+        self._next_tick = 0.0  # monotonic_time() of the next housekeeping pass
 
     # ------------------------------------------------------------ lifecycle
     def bind(self) -> None:
@@ -201,9 +206,13 @@ class StoreTransportHub:
         return out
 
     def tick(self) -> None:
-        """Driver thread, every loop: (re)dial the stores some group needs;
-        learners not being fed introduce themselves again."""
+        """Driver thread, every loop: every HUB_TICK_INTERVAL (or at once
+        after a group was added or a link went down), (re)dial the stores
+        some group needs; learners not being fed introduce themselves again."""
         now = monotonic_time()
+        if now < self._next_tick:
+            return
+        self._next_tick = now + HUB_TICK_INTERVAL
         for t in list(self.groups.values()):
             t.keep_introducing(now)
         for addr in self._wanted():
@@ -259,6 +268,7 @@ class StoreTransportHub:
     def _on_link_down(self, link: _Link, conn: TcpConnection) -> None:
         if link.conn is not conn:
             return
+        self._next_tick = 0.0  # redial (as soon as RECONNECT_INTERVAL allows)
         was_ready = link.ready
         link.conn, link.ready = None, False
         if was_ready:
@@ -341,6 +351,12 @@ class MuxTransport(Transport):  # type: ignore[misc]
         self._last_fed = 0.0  # learner: when a voter last sent this group anything
         self._last_hello = 0.0
         self.hub.groups[self.group_id] = self
+        self.hub._next_tick = 0.0  # dial its peers now
+
+    def _touch(self) -> None:
+        # The replica's state changed outside its tick: tick it next loop
+        # (see RaftGroup.tick_if_due). A plain SyncObj just ignores it.
+        self._obj._wants_tick = True
 
     # pysyncobj API ------------------------------------------------
     def tryGetReady(self) -> None:
@@ -403,6 +419,7 @@ class MuxTransport(Transport):  # type: ignore[misc]
 
     def on_link_up(self, addr: str) -> None:
         if addr in self._nodes and addr not in self._connected:
+            self._touch()
             self._connected.add(addr)
             if self._self is None:
                 # A learner introduces itself so the leader starts feeding it.
@@ -410,6 +427,7 @@ class MuxTransport(Transport):  # type: ignore[misc]
             self._onNodeConnected(self._nodes[addr])
 
     def on_link_down(self, addr: str) -> None:
+        self._touch()
         if addr in self._connected:
             self._connected.discard(addr)
             self._onNodeDisconnected(self._nodes[addr])
@@ -421,14 +439,17 @@ class MuxTransport(Transport):  # type: ignore[misc]
             return
         node = TCPNode(addr)
         self._learners[addr] = node
+        self._touch()
         self._onReadonlyNodeConnected(node)
 
     def on_learner_gone(self, addr: str) -> None:
         node = self._learners.pop(addr, None)
         if node is not None:
+            self._touch()
             self._onReadonlyNodeDisconnected(node)
 
     def deliver(self, addr: str, message: Any) -> None:
+        self._touch()
         if self._self is None:
             self._last_fed = monotonic_time()
         node = self._nodes.get(addr) or self._learners.get(addr) or TCPNode(addr)
@@ -456,6 +477,7 @@ class MuxTransport(Transport):  # type: ignore[misc]
         leader hands it over with timeout_now, giving up its lease."""
         node = self._nodes.get(addr)
         if node is not None and self._obj._isLeader():
+            self._touch()
             self._obj.transferLeadership(node)
 
     def request_transfer(self, leader_addr: str) -> bool:

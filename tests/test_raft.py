@@ -409,6 +409,8 @@ def test_a_link_that_stops_draining_is_dropped(monkeypatch: pytest.MonkeyPatch) 
     from raft import transport
 
     monkeypatch.setattr(transport, "MAX_UNSENT_BYTES", 1 << 20)
+    # Every hub.tick() below does its housekeeping (not one per 10 ms).
+    monkeypatch.setattr(transport, "HUB_TICK_INTERVAL", 0.0)
     sink = socket.socket()
     sink.bind(("127.0.0.1", 0))
     sink.listen(1)

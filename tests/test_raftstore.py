@@ -400,3 +400,32 @@ def test_add_learner_promote_transfer_leader_and_remove_a_replica(tmp_path: Path
     finally:
         for s in stores:
             s.close()
+
+
+def test_decode_write_fast_path_agrees_with_decode() -> None:
+    """Apply decodes writes with ``cmd.decode_write`` (no objects built);
+    it must read exactly what ``cmd.decode`` reads, and leave other kinds
+    to it."""
+    from kvstore.errors import InvalidArgumentError
+    from kvstore.raftstore import cmd as raftcmd
+    from kvstore.storage import WriteBatch
+
+    batch = WriteBatch()
+    batch.put("default", b"k1", b"v1")
+    batch.put("write", b"k2", b"")
+    batch.delete("lock", b"k3")
+    batch.delete_range("default", b"a", b"b")
+    epoch = RegionEpoch(3, 7)
+    data = raftcmd.encode_write(9, epoch, batch)
+    c = raftcmd.decode(data)
+    assert c.batch is not None
+    assert raftcmd.decode_write(data) == (3, 7, c.batch.ops)
+    assert raftcmd.decode_write(data)[2] == batch.ops  # type: ignore[index]
+    split = raftcmd.encode_split(9, epoch, raftcmd.SplitRequest(b"m", 10, (11, 12)))
+    assert raftcmd.decode_write(split) is None
+    with pytest.raises(InvalidArgumentError):
+        raftcmd.decode_write(data[:5])
+    cut = data[: 25 + 3]  # inside the first op's header (the command header is 25 bytes)
+    for decoder in (raftcmd.decode, raftcmd.decode_write):
+        with pytest.raises(InvalidArgumentError):
+            decoder(cut)

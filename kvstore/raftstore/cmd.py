@@ -85,6 +85,33 @@ def encode_change_peer(region_id: int, epoch: RegionEpoch, c: ChangePeer) -> byt
     return head + _CHANGE.pack(c.change, c.peer_id, c.store_id)
 
 
+def decode_write(data: bytes) -> tuple[int, int, list[tuple[int, str, bytes, bytes | None]]] | None:
+    """:func:`decode` of a ``WRITE`` command without building its objects:
+    ``(conf_ver, version, ops)``, or None for another kind. Every replica
+    decodes every write at apply; the RegionEpoch, WriteBatch and frozen
+    RaftCmd of :func:`decode` were most of its ~6 µs per command."""
+    try:
+        _region_id, conf_ver, version, kind = _HEAD.unpack_from(data)
+        if kind != WRITE:
+            return None
+        ops: list[tuple[int, str, bytes, bytes | None]] = []
+        append, unpack, op_size, cfs = ops.append, _OP.unpack_from, _OP.size, ALL_CFS
+        pos, n = _HEAD.size, len(data)
+        while pos < n:
+            op, cfi, klen, vlen = unpack(data, pos)
+            pos += op_size
+            key = data[pos : pos + klen]
+            pos += klen
+            if vlen != _NONE:
+                append((op, cfs[cfi], key, data[pos : pos + vlen]))
+                pos += vlen
+            else:
+                append((op, cfs[cfi], key, None))
+        return conf_ver, version, ops
+    except (struct.error, IndexError) as e:
+        raise InvalidArgumentError(f"malformed raft command: {e}") from None
+
+
 def decode(data: bytes) -> RaftCmd:
     try:
         region_id, conf_ver, version, kind = _HEAD.unpack_from(data)

@@ -117,22 +117,29 @@ class Peer:
         splits: list[tuple[Region, Region]] = []
         changes: list[tuple[Region, raftcmd.ChangePeer]] = []
         for data in commands:
-            c = raftcmd.decode(data)
-            region = self.region
-            if c.epoch != region.epoch:
-                results.append(EpochNotMatchError(region.id, [region]))
-                continue
-            if c.kind == raftcmd.WRITE:
-                assert c.batch is not None
-                bad = self._key_outside(c.batch)
+            write = raftcmd.decode_write(data)
+            if write is not None:  # the common case, without building a RaftCmd
+                conf_ver, version, ops = write
+                region = self.region
+                epoch = region.epoch
+                if conf_ver != epoch.conf_ver or version != epoch.version:
+                    results.append(EpochNotMatchError(region.id, [region]))
+                    continue
+                bad = self._key_outside(ops)
                 if bad is not None:
                     results.append(
                         KeyNotInRegionError(bad, region.id, region.start_key, region.end_key)
                     )
                     continue
-                batch.extend(c.batch)
+                batch.ops.extend(ops)
                 results.append(None)
-            elif c.kind == raftcmd.SPLIT:
+                continue
+            c = raftcmd.decode(data)
+            region = self.region
+            if c.epoch != region.epoch:
+                results.append(EpochNotMatchError(region.id, [region]))
+                continue
+            if c.kind == raftcmd.SPLIT:  # (writes took the path above)
                 assert c.split is not None
                 left, right = self._split(region, c.split)
                 batch.put(CF_RAFT, meta_key(left.id), encode_region(left))
@@ -166,12 +173,13 @@ class Peer:
                 self._on_change(changed, change)
         return results
 
-    def _key_outside(self, batch: WriteBatch) -> bytes | None:
+    def _key_outside(self, ops: list[tuple[int, str, bytes, bytes | None]]) -> bytes | None:
         r = self.region
-        for op, cf, key, value in batch.ops:
+        start, end = r.start_key, r.end_key
+        for op, cf, key, value in ops:
             if cf not in DATA_CFS:
                 continue
-            if not r.contains(key):
+            if key < start or (end and key >= end):  # not r.contains(key), inlined
                 return key
             # A range delete must end inside the Region too.
             if op == OP_DELETE_RANGE and r.end_key and value is not None and value > r.end_key:
