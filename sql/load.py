@@ -44,7 +44,10 @@ TABLE). Raw KV reads of the table's range are not fenced: they may see a
 partial import.
 
 GC: ``commit_ts`` is fresh, so it is above the safe point (the store
-refuses it otherwise); each imported key has one version, which GC keeps.
+refuses one below it). An import that outlasts the GC lifetime sees the
+safe point pass it: the remaining chunks then go in at a fresh ``commit_ts``
+(still above the emptiness check and below the unmark). Each imported key
+has one version, which GC keeps.
 
 **Transactions** (a table with rows, or ``mode="txn"``): a batch of rows per
 transaction, ``INSERT`` mutations, so a key that already exists fails its
@@ -69,11 +72,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from kvstore.client.client import Client
 from kvstore.client.txn import Transaction
-from kvstore.errors import KVError, RegionError, SchemaError, UndeterminedError
+from kvstore.errors import (
+    GcTooEarlyError,
+    KVError,
+    RegionError,
+    SchemaError,
+    UndeterminedError,
+)
 from kvstore.tablecodec import (
     Kind,
     TableInfo,
     check_rows,
+    encode_index_entries,
     encode_rows,
     row_key,
     table_meta_key,
@@ -94,10 +104,12 @@ from sql.session import Session
 __all__ = ["MODES", "TableNotEmptyError", "cast_to_table", "load_arrow", "load_file"]
 
 MODES = ("auto", "import", "txn")
-# Rows per KvImport chunk: large enough to amortise a Raft entry and an RPC
-# (a TPC-H lineitem chunk is ~3 MB), small enough to keep several in flight.
-IMPORT_CHUNK_ROWS = 20_000
-IMPORT_THREADS = 3
+# Rows per KvImport chunk: large enough to amortise an RPC and a Raft entry,
+# small enough that applying one (in the store's Raft driver thread, which
+# ticks every Region) stays short: with 20,000 lineitem rows (~3 MB) per
+# entry, leaders changed under the load on 2 cores and chunks failed.
+IMPORT_CHUNK_ROWS = 10_000
+IMPORT_THREADS = 2
 # Tries per chunk (each with the client's whole retry deadline).
 IMPORT_ATTEMPTS = 3
 # Bytes a row value or key takes beyond its strings' bytes, at most (column
@@ -397,17 +409,30 @@ def _send(
     advance: Callable[[int], None],
 ) -> int:
     """Encode ``data`` chunk by chunk and import the chunks, a few in flight."""
+    ts = [commit_ts]
+    ts_lock = threading.Lock()
 
     def one(part: pa.Table) -> int:
         handles, values = encode_rows(info, part)
         pairs = [(row_key(info.id, h), v) for h, v in zip(handles, values, strict=True)]
         if info.indexes:
-            for h, row in zip(handles, part.to_pylist(), strict=True):
-                pairs.extend((k, v) for k, v, _ in info.index_entries(h, row))
+            pairs.extend(encode_index_entries(info, part, handles))
         for attempt in range(IMPORT_ATTEMPTS):
+            used = ts[0]
             try:
-                client.backend.kv_import(pairs, commit_ts, info.id)
+                client.backend.kv_import(pairs, used, info.id)
                 break
+            except GcTooEarlyError:
+                # An import longer than the GC lifetime: the safe point
+                # passed commit_ts. The rest goes in at a fresh one. Each
+                # commit_ts is above the emptiness check and below the
+                # unmark, which is all the atomicity argument needs, and GC
+                # keeps a key's only version whatever its age.
+                with ts_lock:
+                    if ts[0] == used:
+                        ts[0] = client.tso()
+                if attempt == IMPORT_ATTEMPTS - 1:
+                    raise
             except (RegionError, UndeterminedError):
                 # The client gave up on a Region within its deadline (leaders
                 # moving, splits, a slow store). Writing the same records
