@@ -439,8 +439,9 @@ def _send(
                 # again is harmless, so the chunk is simply sent again.
                 if attempt == IMPORT_ATTEMPTS - 1:
                     raise
-        advance(part.num_rows)
-        return part.num_rows
+        n: int = part.num_rows
+        advance(n)
+        return n
 
     done = 0
     with ThreadPoolExecutor(IMPORT_THREADS, thread_name_prefix="import") as pool:
