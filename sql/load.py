@@ -203,6 +203,14 @@ def load_arrow(
             done = _import(session, info, data, advance, fallback=mode == "auto")
             if done is not None:
                 return done
+            # Rows arrived between the first look and the mark; the mark and
+            # unmark moved the schema version, which the commit checks compare.
+            snap = client.begin()
+            try:
+                info = session.catalog.table(snap, table)
+            finally:
+                snap.rollback()
+            data = cast_to_table(info, data)
         return _load_txn(session, info, data, batch_rows, advance)
 
 

@@ -183,7 +183,9 @@ def test_import_across_region_splits(
 
 
 # --------------------------------------------------------------------------- c
-def test_non_empty_table_is_refused_or_loaded_by_transactions(client: Client) -> None:
+def test_non_empty_table_is_refused_or_loaded_by_transactions(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
     conn = connection(client)
     cur = conn.cursor()
     cur.execute(SCHEMA.format(name="imp_c"))
@@ -194,6 +196,20 @@ def test_non_empty_table_is_refused_or_loaded_by_transactions(client: Client) ->
     assert importing_mark(conn, "imp_c") == 0
     assert load.load_arrow(conn.session, "imp_c", source(100), mode="auto") == 100
     assert cur.execute("SELECT count(*) FROM imp_c").fetchall() == [(101,)]
+    # Rows that arrive between the first look and the mark: found by the
+    # check under the mark, which is lifted again; transactions load the data.
+    real_is_empty = load._is_empty
+    looks = [0]
+
+    def first_look_misses_the_rows(c: Client, info: Any) -> bool:
+        looks[0] += 1
+        return True if looks[0] == 1 else real_is_empty(c, info)
+
+    monkeypatch.setattr(load, "_is_empty", first_look_misses_the_rows)
+    assert load.load_arrow(conn.session, "imp_c", source(50, start=500), mode="auto") == 50
+    assert looks[0] == 2
+    assert cur.execute("SELECT count(*) FROM imp_c").fetchall() == [(151,)]
+    assert importing_mark(conn, "imp_c") == 0
 
 
 # --------------------------------------------------------------------------- d
