@@ -501,7 +501,10 @@ class TableInfo:
     """A table's schema: the value of :func:`table_meta_key` (JSON).
 
     ``primary_key`` names the key columns in key order; they are NOT NULL.
-    ``version`` grows by one with every schema change."""
+    ``version`` grows by one with every schema change. ``importing``, when
+    not 0, is the timestamp at which a physical bulk import (``sql.load``)
+    took the table over: until it clears the mark, statements refuse the
+    table (its rows are being written outside transactions)."""
 
     id: int
     name: str
@@ -509,6 +512,7 @@ class TableInfo:
     primary_key: tuple[str, ...]
     version: int = 1
     indexes: tuple[IndexInfo, ...] = ()
+    importing: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, int) or isinstance(self.id, bool) or not 0 < self.id < _SIGN:
@@ -623,6 +627,8 @@ class TableInfo:
         }
         if self.indexes:
             obj["indexes"] = [i.to_json() for i in self.indexes]
+        if self.importing:
+            obj["importing"] = self.importing
         return json.dumps(obj, sort_keys=True).encode()
 
     @classmethod
@@ -636,6 +642,7 @@ class TableInfo:
                 primary_key=tuple(obj["primary_key"]),
                 version=int(obj["version"]),
                 indexes=tuple(IndexInfo.from_json(i) for i in obj.get("indexes", ())),
+                importing=int(obj.get("importing", 0)),
             )
         except (ValueError, KeyError, TypeError) as e:
             if isinstance(e, SchemaError):
@@ -1059,18 +1066,14 @@ def _int_key_datums(col: ColumnInfo, arr: pa.Array) -> np.ndarray:
     return flipped.astype(">u8").view(np.uint8).reshape(len(ints), 8)
 
 
-def encode_rows(table: TableInfo, data: pa.Table) -> tuple[list[bytes], list[bytes]]:
-    """``(handles, values)`` of every row of ``data`` (the table's columns,
-    by name, already of the table's Arrow types), built with numpy over
-    whole columns: the bulk twin of :meth:`TableInfo.encode_row`, byte for
-    byte. Values are checked as the column types demand (INT range, NULL in
-    NOT NULL, VARCHAR length); a bad value raises :class:`SchemaError`."""
+def check_rows(table: TableInfo, data: pa.Table) -> dict[str, pa.Array]:
+    """Check ``data`` (the table's columns, by name, of the table's Arrow
+    types) as the column types demand (INT range, NULL in NOT NULL, VARCHAR
+    length, NaN in a key) without encoding it; returns the columns as single
+    arrays. A bad value raises :class:`SchemaError`."""
     n = data.num_rows
-    if n == 0:
-        return [], []
-    cols = sorted(table.columns, key=lambda c: c.id)
     arrays: dict[str, pa.Array] = {}
-    for c in cols:
+    for c in sorted(table.columns, key=lambda c: c.id):
         if c.name not in data.column_names:
             raise SchemaError(f"data lacks column {c.name!r}")
         arr = data.column(c.name).combine_chunks()
@@ -1090,6 +1093,20 @@ def encode_rows(table: TableInfo, data: pa.Table) -> tuple[list[bytes], list[byt
         if c.kind is Kind.DOUBLE and c.name in table.primary_key and pc.any(pc.is_nan(arr)).as_py():
             raise SchemaError(f"NaN cannot be part of a key ({c.name!r})")
         arrays[c.name] = arr
+    return arrays
+
+
+def encode_rows(table: TableInfo, data: pa.Table) -> tuple[list[bytes], list[bytes]]:
+    """``(handles, values)`` of every row of ``data`` (the table's columns,
+    by name, already of the table's Arrow types), built with numpy over
+    whole columns: the bulk twin of :meth:`TableInfo.encode_row`, byte for
+    byte. Values are checked as the column types demand (INT range, NULL in
+    NOT NULL, VARCHAR length); a bad value raises :class:`SchemaError`."""
+    n = data.num_rows
+    if n == 0:
+        return [], []
+    cols = sorted(table.columns, key=lambda c: c.id)
+    arrays = check_rows(table, data)
     handles = _bulk_handles(table, arrays, n)
     values: list[bytes | None] = [None] * n
     # Rows sharing a NULL pattern share a header: encode each pattern at once.
@@ -1113,6 +1130,39 @@ def encode_rows(table: TableInfo, data: pa.Table) -> tuple[list[bytes], list[byt
         for r, v in zip(rows.tolist(), encoded, strict=True):
             values[r] = v
     return handles, values  # type: ignore[return-value]
+
+
+def encode_index_entries(
+    table: TableInfo, data: pa.Table, handles: Sequence[bytes]
+) -> list[tuple[bytes, bytes]]:
+    """``(key, value)`` of every secondary index entry of every row of
+    ``data`` (as :func:`encode_rows` takes it; ``handles`` from it): the bulk
+    twin of :meth:`TableInfo.index_entries`, byte for byte. Integer-like
+    columns without NULLs are encoded with numpy; the rest value by value."""
+    n = data.num_rows
+    out: list[tuple[bytes, bytes]] = []
+    for idx in table.indexes:
+        datums: list[list[bytes | None]] = []
+        for name in idx.columns:
+            col = table.column(name)
+            arr = data.column(name).combine_chunks()
+            int_like = (Kind.INT, Kind.DATE, Kind.TIMESTAMP, Kind.BOOL)
+            if col.kind in int_like and arr.null_count == 0 and n:
+                flat = np.ascontiguousarray(_int_key_datums(col, arr)).tobytes()
+                datums.append([b"\x01" + flat[i : i + 8] for i in range(0, n * 8, 8)])
+            else:
+                datums.append(
+                    [None if v is None else b"\x01" + col.key_datum(v) for v in arr.to_pylist()]
+                )
+        prefix = index_prefix(table.id, idx.id)
+        for r, handle in enumerate(handles):
+            vals = [d[r] for d in datums]
+            key = prefix + b"".join(b"\x00" if v is None else v for v in vals)
+            if idx.unique and None not in vals:
+                out.append((key, handle))
+            else:
+                out.append((key + handle, b"0"))
+    return out
 
 
 def _bulk_handles(table: TableInfo, arrays: Mapping[str, pa.Array], n: int) -> list[bytes]:

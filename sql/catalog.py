@@ -53,12 +53,19 @@ from sql.errors import (
     IntegrityError,
     NotSupportedError,
     ProgrammingError,
+    TableImportingError,
     TransactionRetryError,
     UnknownTableError,
 )
 from sql.values import coerce, literal
 
-__all__ = ["Catalog", "ColumnSpec", "SchemaChangedError", "table_definition"]
+__all__ = [
+    "Catalog",
+    "ColumnSpec",
+    "SchemaChangedError",
+    "check_not_importing",
+    "table_definition",
+]
 
 T = exp.DataType.Type
 SCHEMA_CACHE_SIZE = 256
@@ -184,6 +191,15 @@ def table_definition(create: exp.Create) -> TableDefinition:
     return TableDefinition(name, cols, pk, indexes, bool(create.args.get("exists")))
 
 
+def check_not_importing(info: TableInfo) -> None:
+    if info.importing:
+        raise TableImportingError(
+            f"table {info.name!r} is being bulk-imported (import started at ts "
+            f"{info.importing}); retry when it finishes. If that import failed, "
+            f"DROP TABLE {info.name}, create it again and load again"
+        )
+
+
 class Catalog:
     """Schema reads and DDL for one client. Schemas are read inside the
     caller's transaction (so at its snapshot); table ids are cached by name
@@ -202,21 +218,29 @@ class Catalog:
         )
 
     # ------------------------------------------------------------ reads
-    def table(self, txn: Transaction, name: str) -> TableInfo:
+    def table(self, txn: Transaction, name: str, *, importing_ok: bool = False) -> TableInfo:
+        """The schema of ``name`` at ``txn``'s snapshot. A table a bulk
+        import owns raises :class:`TableImportingError` unless
+        ``importing_ok`` (the importer itself)."""
         tid = self._ids.get(name)
+        info: TableInfo | None = None
         if tid is not None:
             try:
                 info = get_table_by_id(txn, tid)
-                if info.name == name:
-                    return info
+                if info.name != name:
+                    info = None
             except TableNotFoundError:
                 pass
-            self._ids.pop(name, None)
-        try:
-            info = get_table(txn, name)
-        except TableNotFoundError:
-            raise UnknownTableError(f"unknown table {name!r}") from None
-        self._ids[name] = info.id
+            if info is None:
+                self._ids.pop(name, None)
+        if info is None:
+            try:
+                info = get_table(txn, name)
+            except TableNotFoundError:
+                raise UnknownTableError(f"unknown table {name!r}") from None
+            self._ids[name] = info.id
+        if not importing_ok:
+            check_not_importing(info)
         return info
 
     def tables(
@@ -254,7 +278,11 @@ class Catalog:
                     raise UnknownTableError(f"unknown table {n!r}")
                 out[n] = self._decode(raw)
                 self._ids[n] = out[n].id
-        return out
+        for n in names:
+            check_not_importing(out[n])
+        # A prefetched table under import is left out: asked for by name
+        # later, it is read again and refused then.
+        return {n: t for n, t in out.items() if not t.importing}
 
     def known_tables(self, limit: int) -> list[str]:
         """Up to ``limit`` table names whose ids are cached, newest first."""
@@ -370,7 +398,7 @@ class Catalog:
             raise ProgrammingError(str(e)) from e
         published = self.client.tso()
         start, end = row_range(info.id)
-        self._wait_for_older_writers(published, start, end)
+        self.wait_for_older_writers(published, start, end)
         index = info.index(name)
         try:
             return self._backfill(info, index.id, start, end)
@@ -378,7 +406,10 @@ class Catalog:
             self._withdraw_index(table, name)
             raise
 
-    def _wait_for_older_writers(self, ts: int, start: bytes, end: bytes) -> None:
+    def wait_for_older_writers(self, ts: int, start: bytes, end: bytes) -> None:
+        """Return once no lock with ``lock_ts <= ts`` remains in ``[start,
+        end)``: every writer that began before ``ts`` committed or was rolled
+        back (dead ones are resolved here)."""
         c = self.client
         attempt = 0
         while locks := c.backend.kv_scan_lock(ts, start, end, 256):

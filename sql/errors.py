@@ -66,6 +66,14 @@ class TransactionRetryError(OperationalError):
     transaction again (``Connection.run_transaction`` does so)."""
 
 
+class TableImportingError(OperationalError):
+    """The table is taken over by a physical bulk import (``htapkv load``,
+    :mod:`sql.load`): its rows are being written outside transactions, so
+    statements that read or write it are refused until the import finishes
+    (retry then). An import that failed leaves the mark in place, and says
+    so: drop the table (``DROP TABLE``), create it again and load again."""
+
+
 class UnknownOutcomeError(OperationalError):
     """The commit was sent but its answer was lost: the transaction may or
     may not have committed. Read the data to find out; do not blindly retry."""

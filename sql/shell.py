@@ -172,8 +172,15 @@ def register_load(sub: Any) -> None:
     p = sub.add_parser("load", help="bulk-load a Parquet or CSV file into a table")
     _add_target(p)
     p.add_argument("--table", required=True)
-    p.add_argument("--batch", type=int, default=5000, help="rows per transaction")
+    p.add_argument("--batch", type=int, default=5000, help="rows per transaction (--mode txn)")
     p.add_argument("--format", choices=("auto", "parquet", "csv"), default="auto")
+    p.add_argument(
+        "--mode",
+        choices=("auto", "import", "txn"),
+        default="auto",
+        help="import: physical import (the table must be empty); txn: transactions; "
+        "auto (default): import into an empty table, else transactions",
+    )
     p.add_argument("file")
 
     def run(args: argparse.Namespace) -> int:
@@ -181,7 +188,9 @@ def register_load(sub: Any) -> None:
 
         session = _connect(args)
         try:
-            n, seconds = load_file(session, args.table, args.file, args.batch, args.format)
+            n, seconds = load_file(
+                session, args.table, args.file, args.batch, args.format, args.mode
+            )
         finally:
             session.client.close()
         rate = n / seconds if seconds > 0 else float("inf")

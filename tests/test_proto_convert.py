@@ -254,7 +254,7 @@ def test_pd_errors_round_trip(cls: type[err.KVError], msg: str) -> None:
 
 # ----------------------------------------------------------------- method table
 def test_every_kv_rpc_has_a_batch_commands_field() -> None:
-    assert len(KV_METHODS) == 20  # 11 transactional, 8 raw, ReadIndex
+    assert len(KV_METHODS) == 21  # 11 transactional, 8 raw, ReadIndex, KvImport
     assert {m.batch_field for m in KV_METHODS.values()} == set(BY_BATCH_FIELD)
     assert KV_METHODS["KvGet"].batch_field == "Get"
     assert KV_METHODS["RawCompareAndSwap"].request is kvrpcpb_pb2.RawCASRequest

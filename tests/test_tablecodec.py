@@ -96,6 +96,31 @@ def test_bulk_encoder_is_byte_for_byte_the_row_encoder(
         assert values == [v for _, v in expected]
 
 
+INDEXED = (
+    tc.make_table(10, "indexed", ALL_TYPES, ("id",))
+    .with_index("by_i", ["i"], False)
+    .with_index("by_day_s", ["day", "s"], True)
+    .with_index("by_d", ["d"], False)
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(rows, max_size=30, unique_by=lambda r: r["id"]))
+def test_bulk_index_entries_are_byte_for_byte_index_entries(batch: list[dict[str, Any]]) -> None:
+    usable = [r for r in batch if r["id"] is not None]
+    data = pa.Table.from_pylist(usable, schema=INDEXED.arrow_schema())
+    handles, _ = tc.encode_rows(INDEXED, data)
+    got = tc.encode_index_entries(INDEXED, data, handles)
+    canon = data.to_pylist()
+    want = [
+        (k, v)
+        for idx in range(len(INDEXED.indexes))
+        for h, row in zip(handles, canon, strict=True)
+        for k, v in [INDEXED.index_entries(h, row)[idx][:2]]
+    ]
+    assert got == want
+
+
 def test_bulk_encoder_refuses_what_the_row_encoder_refuses() -> None:
     t = tc.make_table(3, "t", [("id", "BIGINT"), ("i", "INT"), ("s", "VARCHAR(3)")], "id")
     with pytest.raises(SchemaError):

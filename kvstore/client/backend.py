@@ -69,6 +69,10 @@ class KvBackend(Protocol):
 
     def kv_gc(self, safe_point: int) -> Any: ...
 
+    def kv_import(
+        self, pairs: Sequence[tuple[bytes, bytes]], commit_ts: int, table_id: int
+    ) -> int: ...
+
     # ---- raw
     def raw_get(self, key: bytes) -> bytes | None: ...
 

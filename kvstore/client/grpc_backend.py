@@ -496,6 +496,18 @@ class GrpcKvBackend(KvBackend):
         resp: pb.GCResponse = self._call("KvGC", _new(pb.GCRequest, safe_point=safe_point))
         return GcResult(resp.keys_scanned, resp.versions_removed)
 
+    def kv_import(self, pairs: Sequence[tuple[bytes, bytes]], commit_ts: int, table_id: int) -> int:
+        if not isinstance(pairs, (list, tuple)):
+            raise InvalidArgumentError("import takes a list of (key, value) pairs")
+        kvs = []
+        for pair in pairs:
+            if not isinstance(pair, tuple) or len(pair) != 2:
+                raise InvalidArgumentError("import takes (key, value) pairs")
+            kvs.append(_new(pb.KvPair, key=pair[0], value=pair[1]))
+        req = _new(pb.ImportRequest, pairs=kvs, commit_version=commit_ts, table_id=table_id)
+        resp: pb.ImportResponse = self._call("KvImport", req)
+        return resp.written
+
     # ---------------------------------------------------------------- raw
     def raw_get(self, key: bytes) -> bytes | None:
         resp: pb.RawGetResponse = self._call("RawGet", _new(pb.RawGetRequest, key=key))

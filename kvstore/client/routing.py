@@ -1013,6 +1013,52 @@ class RoutedKvBackend(KvBackend):
         )
         return GcResult(sum(p.keys_scanned for p in parts), sum(p.versions_removed for p in parts))
 
+    def kv_import(self, pairs: Sequence[tuple[bytes, bytes]], commit_ts: int, table_id: int) -> int:
+        """Send ``pairs`` to the leaders of their Regions, one request per
+        Region, in parallel; a Region that split meanwhile (EpochNotMatch)
+        has its part split again and resent. An import writes the same
+        records however often it is sent, so every retry is safe."""
+        if not isinstance(pairs, (list, tuple)) or not pairs:
+            raise InvalidArgumentError("import needs a non-empty list of (key, value) pairs")
+        for pair in pairs:
+            if not isinstance(pair, tuple) or len(pair) != 2 or not isinstance(pair[0], bytes):
+                raise InvalidArgumentError("import takes (key, value) pairs of bytes")
+        op = self._new_op("kv_import", write=True)
+        # Sorted by user key, a Region's keys are one slice: cut it at the
+        # Region's end with one bisection instead of locating every key.
+        pending = sorted(pairs, key=lambda p: p[0])
+        written = 0
+        while pending:
+            groups: list[tuple[RegionLocation, list[tuple[bytes, bytes]]]] = []
+            i = 0
+            while i < len(pending):
+                loc = self._locate(codec.txn_key(pending[i][0]), op)
+                bound = (
+                    _first_user_key(loc.region.end_key, _TXN.keyspace)
+                    if loc.region.end_key
+                    else None
+                )
+                j = (
+                    len(pending)
+                    if bound is None
+                    else bisect.bisect_left(pending, bound, lo=i + 1, key=lambda p: p[0])
+                )
+                groups.append((loc, pending[i:j]))
+                i = j
+            outs = self._fan_out(
+                groups,
+                lambda p: codec.txn_key(p[0]),
+                lambda s, ps: s.kv_import(ps, commit_ts, table_id),
+                op,
+            )
+            pending = []
+            for (_, ps), out in zip(groups, outs, strict=True):
+                if out is _REGROUP:
+                    pending.extend(ps)
+                else:
+                    written += out
+        return written
+
     # ------------------------------------------------------------ raw
     def raw_get(self, key: bytes) -> bytes | None:
         op = self._new_op("raw_get", write=False)

@@ -52,6 +52,7 @@ class EmbeddedStore:
         self.kv_scan_lock = s.kv_scan_lock
         self.kv_txn_heart_beat = s.kv_txn_heart_beat
         self.kv_gc = s.kv_gc
+        self.kv_import = s.kv_import
         self.raw_get = r.raw_get
         self.raw_batch_get = r.raw_batch_get
         self.raw_put = r.raw_put

@@ -194,6 +194,14 @@ class KvHandler(Protocol):
 
     def read_index(self, ctx: RequestContext) -> int: ...
 
+    def kv_import(
+        self,
+        ctx: RequestContext,
+        pairs: Sequence[tuple[bytes, bytes]],
+        commit_ts: int,
+        table_id: int,
+    ) -> int: ...
+
 
 class EmbeddedHandler:
     """A :class:`KvHandler` over one embedded store: a single node that owns
@@ -328,6 +336,15 @@ class EmbeddedHandler:
 
     def read_index(self, ctx: RequestContext) -> int:
         return 0  # one node, no log: every read is as fresh as it gets
+
+    def kv_import(
+        self,
+        ctx: RequestContext,
+        pairs: Sequence[tuple[bytes, bytes]],
+        commit_ts: int,
+        table_id: int,
+    ) -> int:
+        return self.store.kv_import(pairs, commit_ts, table_id)
 
 
 # --------------------------------------------------------------------------
@@ -466,6 +483,11 @@ def _read_index(h: KvHandler, ctx: RequestContext, r: pb.ReadIndexRequest) -> pb
     return pb.ReadIndexResponse(read_index=h.read_index(ctx))
 
 
+def _kv_import(h: KvHandler, ctx: RequestContext, r: pb.ImportRequest) -> pb.ImportResponse:
+    pairs = [(p.key, p.value) for p in r.pairs]
+    return pb.ImportResponse(written=h.kv_import(ctx, pairs, r.commit_version, r.table_id))
+
+
 def _raw_cas(h: KvHandler, ctx: RequestContext, r: pb.RawCASRequest) -> pb.RawCASResponse:
     expected = None if r.previous_not_exist else r.previous_value
     ok, prev = h.raw_compare_and_swap(ctx, r.key, expected, r.value, _ttl(r))
@@ -495,6 +517,7 @@ _IMPLS: dict[str, _Impl] = {
     "RawDeleteRange": _raw_delete_range,
     "RawCompareAndSwap": _raw_cas,
     "ReadIndex": _read_index,
+    "KvImport": _kv_import,
 }
 if set(_IMPLS) != set(KV_METHODS):
     raise RuntimeError(f"Kv RPCs without an implementation: {set(KV_METHODS) - set(_IMPLS)}")

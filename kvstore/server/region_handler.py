@@ -147,6 +147,25 @@ class RegionKvHandler:
         h.check_txn_keys([primary])
         return h.scheduler.kv_txn_heart_beat(primary, start_ts, advise_ttl)
 
+    def kv_import(
+        self,
+        ctx: RequestContext,
+        pairs: Sequence[tuple[bytes, bytes]],
+        commit_ts: int,
+        table_id: int,
+    ) -> int:
+        # The epoch the request was routed with goes into the proposal
+        # (RegionHandle), so a split applied meanwhile rejects the whole
+        # batch with EpochNotMatch and the client splits it again.
+        h = self._route(ctx)
+        keys = [p[0] for p in pairs if isinstance(p, tuple) and len(p) == 2]
+        keys = [k for k in keys if isinstance(k, bytes)]
+        if keys:
+            # Encoding preserves order: the smallest and largest keys inside
+            # means all are (apply checks every key again, on every replica).
+            h.check_txn_keys([min(keys), max(keys)])
+        return h.scheduler.kv_import(pairs, commit_ts, table_id)
+
     def kv_gc(self, ctx: RequestContext, safe_point: int) -> Any:
         return self._route(ctx).scheduler.kv_gc(safe_point)
 

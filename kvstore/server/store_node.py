@@ -81,6 +81,16 @@ def maybe_bootstrap(pd: PdClient, meta: metapb_pb2.Store) -> Region | None:
     gives it back (the directory names a peer here)."""
     if pd.is_bootstrapped():
         return None
+    if any((lb.key, lb.value) == ("engine", "columnar") for lb in meta.labels):
+        # A columnar node holds learners only: had it bootstrapped the
+        # cluster, the first Region's voter would be here, and PD's replica
+        # checker (which never places a voter on a columnar store) could not
+        # complete it. Wait for a row store to bootstrap instead.
+        delay = 0.05
+        while not pd.is_bootstrapped():
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+        return None
     region = Region(pd.alloc_id(), b"", b"", RegionEpoch(1, 1), (Peer(pd.alloc_id(), meta.id),))
     try:
         pd.bootstrap(meta, region)
