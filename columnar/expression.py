@@ -30,8 +30,13 @@ _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Add: pc.add_checked,
     ast.Sub: pc.subtract_checked,
     ast.Mult: pc.multiply_checked,
-    ast.Div: lambda a, b: pc.divide(pc.cast(a, pa.float64()), pc.cast(b, pa.float64())),
+    ast.Div: lambda a, b: pc.divide(_double(a), _double(b)),
 }
+
+
+def _double(x: Any) -> Any:
+    # An expression casts itself; compute's cast takes arrays and scalars only.
+    return x.cast(pa.float64()) if isinstance(x, pc.Expression) else pc.cast(x, pa.float64())
 
 
 def is_expression(arg: str) -> bool:

@@ -408,6 +408,13 @@ def test_expression_aggregates_parse_strictly_and_compute_like_arrow() -> None:
     assert got.to_pylist() == [{"sum(p * (1 - d))": 55.0, "count(*)": 2}]
     got = filtered_aggregate(t, [], [("p * d", "max")], [("k", ">", 1)])
     assert got.to_pylist() == [{"max(p * d)": 5.0}]
+    # Grouped: the expression runs inside the Acero plan, division included.
+    g = t.append_column("g", pa.array(["a", "b", "a"]))
+    got = partial_aggregate(g, ["g"], [("k / 2 + p * (1 - d)", "sum")], pc.field("k") > 0)
+    assert sorted(got.to_pylist(), key=str) == [
+        {"g": "a", "sum(k / 2 + p * (1 - d))": 47.5},
+        {"g": "b", "sum(k / 2 + p * (1 - d))": 16.0},
+    ]
     for bad in ("p.x", "f(p)", "p ** 2", "'s'", "p and d", "p[0]", "1 +", "p * True"):
         with pytest.raises(InvalidArgumentError):
             evaluate(t, bad)

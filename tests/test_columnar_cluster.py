@@ -182,6 +182,8 @@ def test_many_regions_and_pushdown(cluster: LocalCluster, client: Client) -> Non
     ts = client.tso()
     full = assert_same_at(client, "big", ts)
     assert full.num_rows == n
+    assert client.columnar is not None
+    fallbacks = client.columnar.fallbacks  # every read below must be the node's
     # Filter + projection on the node.
     pred = [("amount", ">=", 1000.0), ("n", "<", 50)]
     got = client.columnar_scan("big", ["id", "amount"], pred, ts)
@@ -206,6 +208,7 @@ def test_many_regions_and_pushdown(cluster: LocalCluster, client: Client) -> Non
         assert got.column_names == [*by, "sum(amount * (1 - n / 4))", "min(amount - n)", "count(*)"]
         assert sorted(got.to_pylist(), key=str) == sorted(want.to_pylist(), key=str)
         assert got.num_rows == (7 if by else 1) and got["count(*)"].to_pylist()[0] > 0
+    assert client.columnar.fallbacks == fallbacks  # the node computed them, not the row store
     with pytest.raises(InvalidArgumentError):
         client.columnar_scan("big", ts=ts, aggregates=[("sum", "amount ** 2")])
     # The wire: Arrow IPC in messages of at least ~100 KB but the last.
