@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -185,22 +185,26 @@ def filtered_aggregate(
     parallel: bool = True,
 ) -> pa.Table:
     """:func:`partial_aggregate` of the rows of ``table`` that ``where``
-    selects. Grouped: one Acero plan with the filter inside. Global: the
-    mask straight from compute kernels, only the aggregated columns
-    filtered by it (few rows survive a selective filter), slices of
-    :data:`PARALLEL_MIN_ROWS` or more aggregated on the worker threads (the
-    kernels run without the GIL) and their partials merged."""
+    selects, on slices of :data:`PARALLEL_MIN_ROWS` or more rows run on the
+    worker threads (Arrow's kernels and Acero run without the GIL), their
+    partials merged. Grouped, a slice is one Acero plan (filter, project,
+    group). Global, a slice's mask comes straight from compute kernels and
+    only the aggregated columns are filtered by it (few rows survive a
+    selective filter)."""
     _check(aggs)
+    piece: Callable[[pa.Table], pa.Table]
     if keys or not where:
-        return partial_aggregate(table, keys, aggs, comparison_expression(where))
+        expr = comparison_expression(where)
+        piece = lambda t: partial_aggregate(t, keys, aggs, expr)  # noqa: E731
+    else:
+        piece = lambda t: _global_piece(t, aggs, where)  # noqa: E731
     n = table.num_rows
     pieces = max(1, min(os.cpu_count() or 2, n // PARALLEL_MIN_ROWS)) if parallel else 1
     if pieces == 1:
-        return _global_piece(table, aggs, where)
+        return piece(table)
     step = -(-n // pieces)
     slices = [table.slice(lo, step) for lo in range(0, n, step)]
-    parts = list(_workers().map(lambda t: _global_piece(t, aggs, where), slices))
-    return merge_partials(parts, [], aggs)
+    return merge_partials(list(_workers().map(piece, slices)), keys, aggs)
 
 
 def _global_piece(table: pa.Table, aggs: Sequence[Agg], where: Sequence[Comparison]) -> pa.Table:
