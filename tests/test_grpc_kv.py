@@ -428,6 +428,15 @@ def test_the_server_stops_cleanly(tmp_path: Path) -> None:
     assert proc.stop() == 0, proc.log_tail()
 
 
+def batch_stream(ch: grpc.Channel) -> Any:
+    """The raw BatchCommands stream of ``ch``, typed both ways."""
+    return ch.stream_stream(
+        f"/{KV_SERVICE}/BatchCommands",
+        request_serializer=tikvpb_pb2.BatchCommandsRequest.SerializeToString,
+        response_deserializer=tikvpb_pb2.BatchCommandsResponse.FromString,
+    )
+
+
 class PutRecorder(EmbeddedHandler):
     """Records how RawPuts reach the handler; fails them on demand."""
 
@@ -449,11 +458,7 @@ def test_batched_raw_puts_to_one_region_are_coalesced() -> None:
     bound = serve(handler, "127.0.0.1:0")
     try:
         with grpc.insecure_channel(bound.address, options=channel_options()) as ch:
-            stream = ch.stream_stream(
-                f"/{KV_SERVICE}/BatchCommands",
-                request_serializer=tikvpb_pb2.BatchCommandsRequest.SerializeToString,
-                response_deserializer=tikvpb_pb2.BatchCommandsResponse.FromString,
-            )
+            stream = batch_stream(ch)
 
             def send() -> list[Any]:
                 msg = tikvpb_pb2.BatchCommandsRequest(request_ids=[1, 2, 3, 4, 5])
@@ -505,11 +510,7 @@ def test_a_slow_request_does_not_hold_up_its_message() -> None:
     bound = serve(handler, "127.0.0.1:0", batch_chunk=1)
     try:
         with grpc.insecure_channel(bound.address, options=channel_options()) as ch:
-            stream = ch.stream_stream(
-                f"/{KV_SERVICE}/BatchCommands",
-                request_serializer=tikvpb_pb2.BatchCommandsRequest.SerializeToString,
-                response_deserializer=tikvpb_pb2.BatchCommandsResponse.FromString,
-            )
+            stream = batch_stream(ch)
             msg = tikvpb_pb2.BatchCommandsRequest(request_ids=[1, 2])
             msg.requests.add().RawGet.key = b"slow"
             msg.requests.add().RawGet.key = b"fast"
@@ -575,11 +576,7 @@ def test_raw_puts_start_from_the_reader_and_are_answered_from_the_apply() -> Non
     bound = serve(handler, "127.0.0.1:0")
     try:
         with grpc.insecure_channel(bound.address, options=channel_options()) as ch:
-            stream = ch.stream_stream(
-                f"/{KV_SERVICE}/BatchCommands",
-                request_serializer=tikvpb_pb2.BatchCommandsRequest.SerializeToString,
-                response_deserializer=tikvpb_pb2.BatchCommandsResponse.FromString,
-            )
+            stream = batch_stream(ch)
 
             def send(keys: list[bytes], complete: Any = None) -> list[Any]:
                 msg = tikvpb_pb2.BatchCommandsRequest(request_ids=list(range(1, len(keys) + 1)))
