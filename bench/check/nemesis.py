@@ -46,9 +46,10 @@ no PD quorum at all: timestamps and routing stop until it heals.
   ``detail["fault"]`` says which):
 
   - ``fsync``: restart the store with ``failfsync.c`` preloaded, make its
-    ``fsync``/``fdatasync`` fail with ``EIO`` for a while, then kill it and
-    restart it normally. Evidence: the failed calls, whether the store
-    exited by itself, its log lines about the error;
+    ``fsync``/``fdatasync`` fail with ``EIO`` for a while (at least until
+    one call has failed, up to :data:`FSYNC_HIT_WAIT_S` longer), then kill
+    it and restart it normally. Evidence: the failed calls, whether the
+    store exited by itself, its log lines about the error;
   - ``power-loss``: when the run put the stores' data directories on the
     power-losing filesystem (:mod:`bench.check.faults.powerloss`; the
     runner does so whenever FUSE works here), cut one store's power: wait
@@ -109,6 +110,9 @@ _WAL_FILE = re.compile(r"(?:^|/)\d+\.log$")
 # says so), and how long a leader round waits for another leader.
 UNSYNCED_WAIT_S = 10.0
 LEADER_MOVE_WAIT_S = 15.0
+# How much longer than its drawn length a failing-fsync round waits for the
+# store's first sync attempt (a round that failed no call tested nothing).
+FSYNC_HIT_WAIT_S = 10.0
 
 
 class NemesisUnavailableError(KVError):
@@ -264,6 +268,13 @@ def threads_stopped(pid: int) -> bool:
         if state not in ("T", "t"):
             return False
     return True
+
+
+def _nonempty(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except FileNotFoundError:
+        return False
 
 
 def _largest(files: dict[str, int], n: int = 5) -> dict[str, int]:
@@ -615,8 +626,19 @@ class Nemesis:
         offset, _t0, _t1 = self._restart_with(name, env)
         proc = self.cluster.procs[name]
         trigger.touch()
-        self._stop.wait(self.rng.uniform(*self.down))
+        # Unlike the other faults this one is not cut short by stop(): the
+        # clients keep writing until stop() returns, and the store only syncs
+        # when a write reaches it (it may still be catching up after the
+        # restart), so the round lasts its drawn length and then until the
+        # first failed call has been logged, within FSYNC_HIT_WAIT_S more.
+        t0 = time.monotonic()
+        length = self.rng.uniform(*self.down)
+        while (waited := time.monotonic() - t0) < length or (
+            waited < length + FSYNC_HIT_WAIT_S and not _nonempty(eio_log)
+        ):
+            time.sleep(0.02)  # polling the shim's evidence log
         trigger.unlink(missing_ok=True)
+        fault.detail["fsync_fault_s"] = round(time.monotonic() - t0, 2)
         calls = eio_log.read_text().splitlines() if eio_log.exists() else []
         fault.detail["eio_calls"] = len(calls)
         fault.detail["eio_first"] = calls[:3]
