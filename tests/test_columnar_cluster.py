@@ -221,10 +221,36 @@ def test_many_regions_and_pushdown(cluster: LocalCluster, client: Client) -> Non
             response_deserializer=columnarpb_pb2.ScanResponse.FromString,
         )
         sizes = [len(m.arrow_ipc) for m in call(columnarpb_pb2.ScanRequest(table="big", ts=ts))]
+        # ScanUnary: the whole answer in one message, or none over the limit.
+        unary = ch.unary_unary(
+            "/htapkv.columnarpb.Columnar/ScanUnary",
+            request_serializer=columnarpb_pb2.ScanRequest.SerializeToString,
+            response_deserializer=columnarpb_pb2.ScanResponse.FromString,
+        )
+        req = columnarpb_pb2.ScanRequest(table="big", ts=ts, group_by=["name"])
+        req.aggregates.add(func="count", column="")
+        one = unary(req)
+        assert not one.too_large and one.rows == 7
+        counts = pa.ipc.open_stream(pa.py_buffer(one.arrow_ipc)).read_all()
+        assert sum(counts.column(1).to_pylist()) == n
+        refused = unary(columnarpb_pb2.ScanRequest(table="big", ts=ts, max_unary_bytes=1000))
+        assert refused.too_large and not refused.arrow_ipc and refused.rows == 0
     finally:
         ch.close()
     assert sum(sizes) > 100_000
     assert all(s >= 100_000 for s in sizes[:-1])
+    # An aggregate answer over the client's unary limit is read again as a stream.
+    limit, restreamed = client.columnar.unary_max_bytes, client.columnar.restreamed
+    client.columnar.unary_max_bytes = 1000
+    try:
+        per_id = [("sum", "amount"), ("count", "*")]
+        got = client.columnar_scan("big", ts=ts, group_by=["id"], aggregates=per_id)
+    finally:
+        client.columnar.unary_max_bytes = limit
+    assert client.columnar.restreamed == restreamed + 1
+    want = row_store_scan(client, "big", None, (), ts, ["id"], per_id)
+    assert _sorted(got) == _sorted(want) and got.num_rows == n
+    assert client.columnar.fallbacks == fallbacks
 
 
 # --------------------------------------------------------------------------- d

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SCAN_PATH = "/htapkv.columnarpb.Columnar/Scan"
+SCAN_UNARY_PATH = "/htapkv.columnarpb.Columnar/ScanUnary"
 DEFAULT_MAX_WAIT_S = 5.0
 # How long the list of columnar nodes PD gave is used before asking again
 # (a failed scan asks at once).
@@ -209,6 +210,10 @@ class ColumnarReader:
         self._mu = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
         self.fallbacks = 0  # how many scans the row store answered
+        # Aggregates ask ScanUnary for answers up to this size (one message,
+        # less fixed cost than a stream); a bigger one is re-read as a stream.
+        self.unary_max_bytes = 1 << 20
+        self.restreamed = 0  # aggregates whose answer was too large for ScanUnary
         self._known: tuple[float, list[str]] = (0.0, [])  # (asked PD at, columnar nodes)
 
     def _nodes(self, refresh: bool = False) -> list[str]:
@@ -232,6 +237,19 @@ class ColumnarReader:
             return ch
 
     def _scan_once(self, addr: str, req: columnarpb_pb2.ScanRequest, timeout: float) -> pa.Table:
+        if req.aggregates:
+            req.max_unary_bytes = self.unary_max_bytes
+            resp = self._channel(addr).unary_unary(
+                SCAN_UNARY_PATH,
+                request_serializer=columnarpb_pb2.ScanRequest.SerializeToString,
+                response_deserializer=columnarpb_pb2.ScanResponse.FromString,
+            )(req, timeout=timeout)
+            err = response_error(resp)
+            if err is not None:
+                raise err
+            if not resp.too_large:
+                return pa.ipc.open_stream(pa.py_buffer(resp.arrow_ipc)).read_all()
+            self.restreamed += 1  # same ts: the stream reads the same answer
         call = self._channel(addr).unary_stream(
             SCAN_PATH,
             request_serializer=columnarpb_pb2.ScanRequest.SerializeToString,

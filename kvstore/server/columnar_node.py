@@ -75,6 +75,7 @@ log = logging.getLogger(__name__)
 COLUMNAR_SERVICE = "htapkv.columnarpb.Columnar"
 COLUMNAR_LABEL = ("engine", "columnar")
 IPC_MESSAGE_BYTES = 1 << 20
+UNARY_MAX_BYTES = IPC_MESSAGE_BYTES  # ScanUnary's limit when the request sets none
 DEFAULT_MAX_WAIT_MS = 2000
 COMPACT_EVERY_S = 0.5
 COMPACT_MIN_INTERVAL_S = 2.0
@@ -124,13 +125,25 @@ class _Freshness:
     behind_since: float = 0.0  # monotonic time the learner was first seen behind
 
 
-def ipc_chunks(table: pa.Table, size: int = IPC_MESSAGE_BYTES) -> Iterator[bytes]:
+def ipc_bytes(table: pa.Table) -> bytes:
     sink = io.BytesIO()
     with pa.ipc.new_stream(sink, table.schema) as w:
         w.write_table(table, max_chunksize=64 * 1024)
-    data = sink.getvalue()
+    return sink.getvalue()
+
+
+def ipc_chunks(table: pa.Table, size: int = IPC_MESSAGE_BYTES) -> Iterator[bytes]:
+    data = ipc_bytes(table)
     for i in range(0, len(data), size):
         yield data[i : i + size]
+
+
+def unary_answer(table: pa.Table, limit: int) -> columnarpb_pb2.ScanResponse:
+    """ScanUnary's answer: the whole result, or ``too_large`` without it."""
+    data = ipc_bytes(table)
+    if len(data) > (limit or UNARY_MAX_BYTES):
+        return columnarpb_pb2.ScanResponse(too_large=True)
+    return columnarpb_pb2.ScanResponse(arrow_ipc=data, rows=table.num_rows)
 
 
 class ColumnarService:
@@ -363,22 +376,35 @@ class ColumnarService:
                 raise DataIsNotReadyError(r.id, reason="region changed during the read")
         return table
 
+    def _run_scan(
+        self, data: bytes
+    ) -> tuple[columnarpb_pb2.ScanRequest, pa.Table] | columnarpb_pb2.ScanResponse:
+        """The request and its result, or the response that carries its error."""
+        resp = columnarpb_pb2.ScanResponse()
+        try:
+            req = columnarpb_pb2.ScanRequest.FromString(data)
+            return req, self.scan(req)
+        except DecodeError as e:
+            set_error(resp, InvalidArgumentError(f"malformed Scan request: {e}"))
+        except KVError as e:
+            set_error(resp, e)
+        return resp
+
+    def _scan_unary(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+        ran = self._run_scan(data)
+        if isinstance(ran, columnarpb_pb2.ScanResponse):
+            return ran.SerializeToString()
+        req, table = ran
+        return unary_answer(table, req.max_unary_bytes).SerializeToString()
+
     def _scan(
         self, data: bytes, context: grpc.ServicerContext
     ) -> Iterator[columnarpb_pb2.ScanResponse]:
-        try:
-            req = columnarpb_pb2.ScanRequest.FromString(data)
-            table = self.scan(req)
-        except DecodeError as e:
-            resp = columnarpb_pb2.ScanResponse()
-            set_error(resp, InvalidArgumentError(f"malformed Scan request: {e}"))
-            yield resp
+        ran = self._run_scan(data)
+        if isinstance(ran, columnarpb_pb2.ScanResponse):
+            yield ran
             return
-        except KVError as e:
-            resp = columnarpb_pb2.ScanResponse()
-            set_error(resp, e)
-            yield resp
-            return
+        table = ran[1]
         chunks = list(ipc_chunks(table))
         for i, chunk in enumerate(chunks):
             last = i == len(chunks) - 1
@@ -429,6 +455,7 @@ class ColumnarService:
                 "Scan": grpc.unary_stream_rpc_method_handler(
                     self._scan, response_serializer=columnarpb_pb2.ScanResponse.SerializeToString
                 ),
+                "ScanUnary": grpc.unary_unary_rpc_method_handler(self._scan_unary),
                 "Status": grpc.unary_unary_rpc_method_handler(status),
             },
         )
