@@ -134,11 +134,15 @@ class RaftDriver:
         *,
         learner: bool = False,
         fresh: bool = False,
+        initial_index: int = 0,
     ) -> RaftGroup:
         """Host a replica of group ``group_id`` whose voters are the stores at
         ``voters`` (Raft addresses, this one's included unless ``learner``).
         ``fresh``: the replica never existed before (a split creates it), so
-        it may vote at once (see raft/lease.py: a restarted one may not)."""
+        it may vote at once (see raft/lease.py: a restarted one may not).
+        ``initial_index``: the state machine's state is that at this log
+        index, and the log starts after it (see
+        :meth:`RaftGroup._write_initial_snapshot`)."""
         self_addr = None if learner else self.raft_addr
 
         def make() -> RaftGroup:
@@ -157,6 +161,7 @@ class RaftDriver:
                         journal,
                         config,
                         fresh=fresh,
+                        initial_index=initial_index,
                     )
                 finally:
                     _syncobj.createPoller, _syncobj.createJournal = saved

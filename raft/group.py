@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 import pysyncobj.serializer as _serializer
 from pysyncobj import FAIL_REASON, SyncObj, replicated
 from pysyncobj.monotonic import monotonic as syncobj_monotonic
+from pysyncobj.node import TCPNode
 from pysyncobj.syncobj import _COMMAND_TYPE, _RAFT_STATE
 
 from raft.config import RaftConfig
@@ -321,6 +322,7 @@ class RaftGroup:
         config: RaftConfig,
         *,
         fresh: bool = False,
+        initial_index: int = 0,
     ) -> None:
         self.group_id = group_id
         self.self_addr = self_addr
@@ -351,6 +353,9 @@ class RaftGroup:
             }
         self.snapshots_written = 0
         self.snapshots_read = 0
+        self._snapshots = bool(extra)  # ours; pysyncobj's own would pickle the object
+        if initial_index > 2 and extra and not os.path.exists(extra["fullDumpFile"]):
+            self._write_initial_snapshot(extra["fullDumpFile"], initial_index, peers)
         conf = config.sync_obj_conf(**extra)
         others = [p for p in peers if p != self_addr]
         self.lease = LeaderLease(config.election_timeout_min, fresh=fresh)
@@ -583,6 +588,13 @@ class RaftGroup:
         self._driver.call(start)
 
     # ------------------------------------------------------------ snapshots
+    def request_compaction(self) -> None:
+        """Driver thread: compact the log into a new snapshot at the next
+        tick (no-op without snapshots, or before two entries are applied)."""
+        if self._snapshots:
+            self.obj.forceLogCompaction()
+            self.obj._wants_tick = True
+
     def compact_now(self, timeout: float = 10.0) -> None:
         """Snapshot the state machine and truncate the log up to the last
         applied entry. A replica joining afterwards must then start from the
@@ -607,6 +619,18 @@ class RaftGroup:
             f.flush()
             os.fsync(f.fileno())
         self.snapshots_written += 1
+
+    def _write_initial_snapshot(self, path: str, index: int, voters: list[str]) -> None:
+        """A new group whose state at log ``index`` is what the state machine
+        holds now (a Region born of a split: the data it inherited). Written
+        as the dump pysyncobj loads at start, its log then begins with two
+        no-op entries at ``index - 1`` and ``index`` (term 0, the same on
+        every replica, so they match): a replica that lacks the state finds
+        no entry to start from and is sent this snapshot instead."""
+        noop = bytes([_COMMAND_TYPE.NO_OP])
+        cluster = {TCPNode(a) for a in voters}
+        self._write_snapshot(path + ".tmp", ((noop, index, 0), (noop, index - 1, 0), cluster))
+        _durable_replace(path + ".tmp", path)
 
     def _read_snapshot(self, path: str) -> Any:
         sm: Any = self._sm

@@ -429,3 +429,82 @@ def test_decode_write_fast_path_agrees_with_decode() -> None:
     for decoder in (raftcmd.decode, raftcmd.decode_write):
         with pytest.raises(InvalidArgumentError):
             decoder(cut)
+
+
+def _learner_get(store: Store, key: bytes) -> bytes | None:
+    region = store.region_for_key(codec.raw_key(key))
+    return None if region is None else store.rawstores[region.id].raw_get(key)
+
+
+def test_learner_created_after_splits_gets_every_half_whole(tmp_path: Path) -> None:
+    """A learner added to a Region whose replica is created only after the
+    Region split (the columnar node joining late: PD creates its replicas of
+    the parent and of the halves at once). Each replica must start from a
+    snapshot of its Region as it is now: the parent's older snapshot covers
+    the halves' keys (installing it wiped what they had applied), and a half
+    fed its log from the start lacks the data it inherited at the split."""
+    stores = make_stores(tmp_path)
+    new = Store(StoreConfig(store_id=4, data_dir=str(tmp_path / "s4"), bootstrap=False))
+    try:
+        keys = [b"k%03d" % i for i in range(60)]
+        for k in keys[:40]:
+            routed(stores, codec.raw_key(k), lambda h, k=k: h.rawstore.raw_put(k, b"1"))
+        new.start({s.store_id: s.raft_addr for s in [*stores, new]})
+        for s in stores:
+            s.add_store(4, new.raft_addr)
+        on_leader(stores, 1, lambda s: s.add_learner(1, 4))  # snapshot of region 1 taken here
+        halves = on_leader(stores, 1, lambda s: s.split_region(1, codec.raw_key(b"k020")))
+        for k in keys[40:]:
+            routed(stores, codec.raw_key(k), lambda h, k=k: h.rawstore.raw_put(k, b"2"))
+        lstore, _ = leader(stores, 1)
+        current = [lstore.peers[1].region, halves[1]]
+        assert all(any(p.store_id == 4 and p.is_learner for p in r.peers) for r in current)
+
+        def has(some: list[bytes]) -> bool:
+            return all(_learner_get(new, k) == (b"1" if k < b"k040" else b"2") for k in some)
+
+        # What PD does when store 4 reports neither; the half first, so that
+        # the parent's old snapshot, if installed, would wipe what it applied.
+        assert new.create_peer(halves[1])
+        wait_for(lambda: has(keys[20:]), what="the half on the learner, inherited keys too")
+        assert new.create_peer(current[0])
+        wait_for(lambda: has(keys), what="every key on the learner")
+        assert new.peers[1].region == lstore.peers[1].region  # not the parent's old range
+        for region in current:
+            lead, _ = leader(stores, region.id)
+            wait_for(
+                lambda r=region, lead=lead: region_checksum(new, r) == region_checksum(lead, r),
+                what=f"region {region.id} identical on the learner",
+            )
+    finally:
+        for s in [*stores, new]:
+            s.close()
+
+
+def test_snapshot_over_another_replicas_keys_is_refused(stores: list[Store]) -> None:
+    """A snapshot whose range covers another replica on the store (taken
+    before a split that store already has the halves of) is refused whole:
+    installing it would delete that replica's data."""
+    import io
+
+    from kvstore.raftstore.peer import Peer, SnapshotOverlapError
+    from kvstore.storage.memory import MemoryEngine
+
+    for i in range(10):
+        k = b"s%02d" % i
+        routed(stores, codec.raw_key(k), lambda h, k=k: h.rawstore.raw_put(k, b"v"))
+    lstore, h = leader(stores, 1)
+    buf = io.BytesIO()
+    lstore.driver.call(lambda: h.peer.write_snapshot(buf))
+    engine = MemoryEngine()
+    target = Peer(h.peer.region, 9, engine, lambda _l, _r: None)
+    neighbour = Region(77, codec.raw_key(b"s05"), b"", RegionEpoch(1, 2), ())
+    target.overlapping = lambda r: [neighbour]
+    with pytest.raises(SnapshotOverlapError, match="overlaps region"):
+        buf.seek(0)
+        target.read_snapshot(buf)
+    assert list(engine.scan("default", b"", None)) == [] and target.applied_index == 0
+    target.overlapping = lambda r: []
+    buf.seek(0)
+    target.read_snapshot(buf)  # the same snapshot with nothing in the way
+    assert len(list(engine.scan("default", b"", None))) == 10

@@ -53,6 +53,19 @@ _U32 = struct.Struct(">I")
 _REC = struct.Struct(">BII")
 _END = 255
 
+# A Region born of a split starts its Raft log after this index, with the
+# data it inherited as the state at it (TiKV's RAFT_INIT_LOG_INDEX): a replica
+# created later for it, which has none of that data, cannot be fed the log
+# from the start and must install a snapshot. pysyncobj's own log starts at 1,
+# so an index above 2 keeps a new replica's first entry from matching.
+RAFT_INIT_INDEX = 5
+
+
+class SnapshotOverlapError(Exception):
+    """A snapshot covers keys another replica on this store holds (it was
+    taken before a split this store already has the result of). Installing it
+    would delete that replica's data; the leader sends a newer one."""
+
 
 WriteOp = tuple[int, str, bytes, bytes | None]  # a WriteBatch op: (op, cf, key, value)
 
@@ -94,6 +107,9 @@ class Peer:
         self.snapshots_installed = 0
         self.lock = threading.Lock()  # guards ``region`` for readers outside the driver
         self.observer: ApplyObserver | None = None
+        # Set by the store: the other replicas here whose range overlaps a
+        # given Region (a snapshot over their keys is refused).
+        self.overlapping: Callable[[Region], list[Region]] | None = None
 
     @property
     def region_id(self) -> int:
@@ -144,6 +160,7 @@ class Peer:
                 left, right = self._split(region, c.split)
                 batch.put(CF_RAFT, meta_key(left.id), encode_region(left))
                 batch.put(CF_RAFT, meta_key(right.id), encode_region(right))
+                batch.put(CF_RAFT, applied_key(right.id), encode_u64(RAFT_INIT_INDEX))
                 with self.lock:
                     self.region = left
                 splits.append((left, right))
@@ -233,6 +250,13 @@ class Peer:
         if index <= self.applied_index:
             return  # start-up re-read of our own snapshot: the engine is newer
         region = decode_region(head["region"].encode())
+        others = self.overlapping(region) if self.overlapping is not None else []
+        if others:
+            raise SnapshotOverlapError(
+                f"snapshot of region {region.id} at index {index} "
+                f"[{region.start_key.hex()}, {region.end_key.hex()}) overlaps region(s) "
+                f"{[r.id for r in others]} on store {self.store_id}: refused"
+            )
         batch = WriteBatch()
         # Every data key starts with an encoded key-space byte (b"r", b"x"),
         # so b"\xff" lies past all of them.

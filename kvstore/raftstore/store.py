@@ -47,7 +47,7 @@ from kvstore.raftstore.meta import (
     encode_u64,
     meta_key,
 )
-from kvstore.raftstore.peer import ApplyObserver, Peer
+from kvstore.raftstore.peer import RAFT_INIT_INDEX, ApplyObserver, Peer
 from kvstore.rawkv import RawStore
 from kvstore.storage import CF_DEFAULT, CF_RAFT, CF_WRITE, DATA_CFS, RocksEngine, WriteBatch
 from kvstore.txn import Latches, TxnScheduler
@@ -242,6 +242,9 @@ class Store:
 
     def _start_peer(self, region: Region, *, fresh: bool = False) -> Peer:
         peer = Peer(region, self.store_id, self.engine, self._on_split, self._on_change)
+        peer.overlapping = lambda r, rid=region.id: [
+            o for o in self.regions_overlapping(r) if o.id != rid
+        ]
         obs = self.config.apply_observer
         if obs is not None:
             peer.observer = obs
@@ -264,7 +267,14 @@ class Store:
                 self.engine, sink, latches=self.latches, bounds=bounds
             )
         peer.group = self.driver.add_group(
-            region.id, voters, peer, self.config.raft, learner=me.is_learner, fresh=fresh
+            region.id,
+            voters,
+            peer,
+            self.config.raft,
+            learner=me.is_learner,
+            fresh=fresh,
+            # Born of a split: its log starts after the inherited state.
+            initial_index=RAFT_INIT_INDEX if fresh else 0,
         )
         return peer
 
@@ -401,6 +411,12 @@ class Store:
         # Driver thread, right after the split entry is applied here.
         if right.id not in self.peers:
             self._start_peer(right, fresh=True)
+        # The left half's last snapshot still covers the right half: sent to
+        # a replica created since (a learner added late), it would be refused
+        # there (SnapshotOverlapError) or replay the split. Take a new one.
+        left_peer = self.peers.get(left.id)
+        if left_peer is not None and left_peer.group is not None:
+            left_peer.group.request_compaction()
         self._notify(left)
         self._notify(right)
 
