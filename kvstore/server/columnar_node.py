@@ -111,12 +111,23 @@ class ColumnarObserver:
         # rebuild is not a log entry, so it goes under an id of its own.
         self._resets += 1
         self.columnar.apply(1, ops, -self._resets)
+        log.info(
+            "rebuilt region %d [%s, %s) at index %d from the engine: %d records",
+            region.id,
+            region.start_key.hex(),
+            region.end_key.hex(),
+            index,
+            len(ops) - 3,
+        )
 
     def on_destroy(self, region: Region) -> None:
         end = region.end_key or b"\xff"
         ops = [(OP_DELETE_RANGE, cf, region.start_key, end) for cf in _REBUILD_ORDER]
         self._resets += 1
         self.columnar.apply(1, ops, -self._resets)
+        log.info(
+            "dropped region %d [%s, %s)", region.id, region.start_key.hex(), region.end_key.hex()
+        )
 
 
 @dataclass
