@@ -66,6 +66,9 @@ _serializer.atomicReplace = _durable_replace  # the module-level seam the Serial
 
 
 _EXPIRY_CHECK_INTERVAL = 0.1  # seconds between two scans for timed-out proposals
+# How often a caller waiting for its proposal to settle looks whether this
+# replica still leads in the proposal's term.
+_SETTLE_POLL_INTERVAL = 0.05
 # A group nothing happened to is ticked at its next Raft deadline (heartbeat
 # or election timeout), else at least this often: for pysyncobj's slower
 # timers (the leader's step-down check, the once-a-second journal save, log
@@ -115,17 +118,42 @@ ProposalCallback = Callable[[Any, "ProposalError | None"], None]
 
 
 class _Proposal:
-    """One proposal: a waiting caller's (``event``) or a callback's."""
+    """One proposal: a waiting caller's (``event``) or a callback's.
 
-    __slots__ = ("callback", "command", "deadline", "error", "event", "finished", "result")
+    ``done`` is the answer the caller gets (possibly "timed out" at its
+    deadline); ``settle`` records the entry's real fate on this replica when
+    it is known (applied, discarded, or never proposed), which may be later.
+    """
+
+    __slots__ = (
+        "callback",
+        "command",
+        "deadline",
+        "error",
+        "event",
+        "final",
+        "finished",
+        "result",
+        "settled",
+        "term",
+    )
 
     def __init__(
-        self, command: bytes, deadline: float, callback: ProposalCallback | None = None
+        self,
+        command: bytes,
+        deadline: float,
+        callback: ProposalCallback | None = None,
+        term: int | None = None,
     ) -> None:
         self.command = command
         self.deadline = deadline
         self.callback = callback
+        # The term in which the caller decided what to propose: the entry
+        # must be appended in that same term or not at all (see _drain).
+        self.term = term
         self.event = threading.Event() if callback is None else None
+        self.settled = threading.Event() if callback is None else None
+        self.final: tuple[Any, ProposalError | None] | None = None
         self.result: Any = None
         self.error: ProposalError | None = None
         self.finished = False
@@ -143,6 +171,12 @@ class _Proposal:
                 self.callback(result, error)
             except Exception:  # a caller's bug must not break the driver loop
                 log.exception("proposal callback failed")
+
+    def settle(self, result: Any, error: ProposalError | None) -> None:
+        self.final = (result, error)
+        self.done(result, error)
+        if self.settled is not None:
+            self.settled.set()
 
 
 class _Replica(SyncObj):  # type: ignore[misc]
@@ -399,23 +433,64 @@ class RaftGroup:
         return dict(self.obj.getStatus())
 
     # ------------------------------------------------------------ proposals
-    def propose(self, command: bytes, timeout: float | None = None) -> Any:
+    def propose(
+        self,
+        command: bytes,
+        timeout: float | None = None,
+        *,
+        term: int | None = None,
+        settle: bool = False,
+    ) -> Any:
         """Replicate ``command`` and return the state machine's result for it.
 
         Raises :class:`ProposalError`: not the (ready) leader (nothing was
         proposed), or leader changed / timed out (unknown outcome).
+
+        ``term``: the term read *before* the caller's leadership check and
+        before it read the state ``command`` was computed from; the command
+        is refused (not leader, nothing proposed) unless appended in that
+        term. Leadership lost and regained in between would otherwise let a
+        command computed on a state that misses the other leader's writes
+        apply after them. Default: the term now.
+
+        ``settle``: once the deadline passes, keep waiting until the entry's
+        fate here is known (applied: its result is returned; discarded, or
+        this replica no longer leads in that term). A caller that holds
+        locks over what it read to compute ``command`` (the transaction
+        scheduler's latches) must not let go of them while the entry may
+        still apply: the next command on those keys would be computed on a
+        state without it and applied after it.
         """
-        if not self.is_ready_leader():
+        if term is None:
+            term = self.term()
+        if not self.is_ready_leader() or self.term() != term:
             raise ProposalError("not leader", unknown=False, leader=self.leader())
         wait = timeout if timeout is not None else self.config.proposal_timeout
-        p = _Proposal(command, time.monotonic() + wait)
+        p = _Proposal(command, time.monotonic() + wait, term=term)
         self._enqueue(p)
         assert p.event is not None
-        if not p.event.wait(wait):
+        answered = p.event.wait(wait)
+        if settle:
+            if p.final is None:  # timed out (here or in _expire): not settled yet
+                self._wait_settled(p)
+            if p.final is not None:
+                answered = True
+                p.result, p.error = p.final
+        if not answered:
             raise ProposalError("proposal timed out", unknown=True, leader=self.leader())
         if p.error is not None:
             raise p.error
         return p.result
+
+    def _wait_settled(self, p: _Proposal) -> None:
+        assert p.settled is not None
+        while not p.settled.wait(_SETTLE_POLL_INTERVAL):
+            # No longer leading in the proposal's term: if it is still queued,
+            # _drain refuses it; if it is in the log, it is applied here (or
+            # discarded) before this replica can lead, and so compute
+            # anything, again. Nothing here can be computed without it.
+            if self.destroyed or self.term() != p.term or not self.obj._isLeader():
+                return
 
     def propose_async(
         self, command: bytes, callback: ProposalCallback, timeout: float | None = None
@@ -507,9 +582,10 @@ class RaftGroup:
         if now < self._next_expiry:
             return
         self._next_expiry = now + _EXPIRY_CHECK_INTERVAL
-        for key, batch in list(self._in_flight.items()):
-            if all(p.finished or p.deadline <= now for p in batch):
-                del self._in_flight[key]
+        # A batch stays in flight until pysyncobj calls it back, which it does
+        # once this replica applies the entry's index (SUCCESS, or DISCARDED
+        # if another leader's entry took it): callers that settle wait for it.
+        for batch in list(self._in_flight.values()):
             for p in batch:
                 if p.deadline <= now:
                     p.done(None, ProposalError("proposal timed out", unknown=True))
@@ -525,6 +601,17 @@ class RaftGroup:
             del self._pending[: len(batch)]
             more = bool(self._pending)
         term = self.term()
+        stale = [p for p in batch if p.term is not None and p.term != term]
+        if stale:
+            # Decided in an earlier term (leadership was lost, maybe won back,
+            # since): never appended.
+            for p in stale:
+                p.settle(None, ProposalError("not leader", unknown=False, leader=self.leader()))
+            batch = [p for p in batch if p.term is None or p.term == term]
+            if not batch:
+                if more:
+                    self._driver.wake()
+                return
         # The id keys the batch until its callback; the entry carries the term.
         key = id(batch)
         self._in_flight[key] = batch
@@ -535,7 +622,7 @@ class RaftGroup:
                 return
             if err == FAIL_REASON.SUCCESS and isinstance(result, list):
                 for prop, r in zip(done, result, strict=True):
-                    prop.done(r, None)
+                    prop.settle(r, None)
                 return
             if err == FAIL_REASON.SUCCESS:  # skipped as stale
                 error = ProposalError("stale proposal skipped", unknown=False)
@@ -544,7 +631,7 @@ class RaftGroup:
             else:
                 error = ProposalError(f"proposal failed ({err})", unknown=True)
             for prop in done:
-                prop.done(None, error)
+                prop.settle(None, error)
 
         self.obj.propose_batch(term, [p.command for p in batch], on_result)
         self.obj._wants_tick = True
@@ -646,7 +733,7 @@ class RaftGroup:
             pending, self._pending = self._pending, []
         for batch in [pending, *self._in_flight.values()]:
             for p in batch:
-                p.done(None, ProposalError(reason, unknown=True))
+                p.settle(None, ProposalError(reason, unknown=True))
         self._in_flight.clear()
 
     # ------------------------------------------------------------ membership

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from raft import ProposalError, RaftConfig, RaftGroup
-from tests.raft_helpers import Node, leader_of, make_nodes, propose, wait_for
+from tests.raft_helpers import ListMachine, Node, leader_of, make_nodes, propose, wait_for
 
 
 @pytest.fixture
@@ -518,3 +518,76 @@ def test_a_stray_chunk_of_a_large_entry_is_dropped(
     )
     failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not failures, failures[0].getMessage()
+
+
+class _HeldMachine(ListMachine):
+    """Applies like ListMachine, but holds the driver inside the apply of
+    ``held`` until ``release`` is set."""
+
+    def __init__(self, held: bytes) -> None:
+        super().__init__()
+        self.held = held
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def apply(self, index: int, commands: list[bytes]) -> list[Any]:
+        if self.held in commands:
+            self.entered.set()
+            assert self.release.wait(30)
+        return super().apply(index, commands)
+
+
+def test_settle_waits_past_the_deadline_for_the_real_outcome(tmp_path: Path) -> None:
+    # The caller's deadline passes while the entry is on its way; the entry
+    # still applies. Without ``settle`` the caller hears "timed out"; with it
+    # the caller hears what happened, after it happened (a caller holding
+    # latches must hold them that long: test_raftstore shows why).
+    (node,) = make_nodes(tmp_path, 1)
+    m = _HeldMachine(b"held")
+    node.machines[1] = m
+    try:
+        g = node.host(1, [node.addr])
+        wait_for(g.is_ready_leader, what="a leader")
+        first = g.propose(b"first")
+        got: list[object] = []
+
+        def run(cmd: bytes, settle: bool) -> threading.Thread:
+            def body() -> None:
+                try:
+                    got.append(g.propose(cmd, timeout=0.0, settle=settle))
+                except ProposalError as e:
+                    got.append(e)
+
+            t = threading.Thread(target=body, daemon=True)
+            t.start()
+            return t
+
+        t = run(b"held", settle=True)
+        assert m.entered.wait(10)  # the driver is inside the entry's apply
+        plain = run(b"after", settle=False)
+        plain.join(10)
+        assert len(got) == 1 and isinstance(got[0], ProposalError) and got[0].unknown
+        m.release.set()
+        t.join(10)
+        assert got[1] == first + 1  # the held entry's own result
+        wait_for(lambda: m.commands() == [b"first", b"held", b"after"], what="all applied")
+    finally:
+        m.release.set()
+        node.stop()
+
+
+def test_proposal_decided_in_another_term_is_refused(tmp_path: Path) -> None:
+    # A command computed while leading in term t must not be appended in a
+    # later term (leadership lost and won back in between): the other
+    # leader's writes are not in the state it was computed from.
+    (node,) = make_nodes(tmp_path, 1)
+    try:
+        g = node.host(1, [node.addr])
+        wait_for(g.is_ready_leader, what="a leader")
+        with pytest.raises(ProposalError) as e:
+            g.propose(b"stale", term=g.term() - 1, settle=True)
+        assert e.value.unknown is False
+        assert g.propose(b"fresh", term=g.term(), settle=True) == 1
+        assert node.machines[1].commands() == [b"fresh"]
+    finally:
+        node.stop()

@@ -21,8 +21,9 @@ from kvstore.errors import (
     RegionNotFoundError,
 )
 from kvstore.raftstore import RegionHandle, Store, StoreConfig
+from kvstore.raftstore.peer import WriteOp
 from kvstore.storage import DATA_CFS
-from kvstore.types import Mutation, Op, Region, RegionEpoch, compose_ts
+from kvstore.types import Mutation, Op, Region, RegionEpoch, WriteType, compose_ts
 from tests.raft_helpers import wait_for
 
 T = TypeVar("T")
@@ -508,3 +509,117 @@ def test_snapshot_over_another_replicas_keys_is_refused(stores: list[Store]) -> 
     buf.seek(0)
     target.read_snapshot(buf)  # the same snapshot with nothing in the way
     assert len(list(engine.scan("default", b"", None))) == 10
+
+
+class _HoldApply:
+    """Apply observer that, once armed, holds the Raft driver inside the
+    next apply until released: every later entry waits behind it, as behind
+    a driver busy with a snapshot or a long apply."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def on_apply(self, region: Region, index: int, ops: list[WriteOp]) -> None:
+        if self.armed:
+            self.armed = False
+            self.entered.set()
+            assert self.release.wait(30)
+
+    def on_reset(self, region: Region, index: int) -> None:
+        pass
+
+    def on_destroy(self, region: Region) -> None:
+        pass
+
+
+def test_write_whose_proposal_timed_out_keeps_its_keys_latched_until_applied(
+    tmp_path: Path,
+) -> None:
+    """A txn command computes its batch on the applied state under its keys'
+    latches. When the proposal outlives the caller's deadline (unknown
+    outcome) the entry is still in the log and applies later; if the latches
+    were let go at the deadline, the next command on those keys would be
+    computed on a state without that entry and applied after it.
+
+    Here: txn U's primary commit is held up; check_txn_status on the primary
+    (its TTL long expired) must not decide "rolled back" on the state without
+    the commit, since the commit then applies anyway: the primary would carry
+    both a commit and a rollback record, the resolver would roll back U's
+    secondaries (atomicity lost) or hit CommittedError on those U committed.
+    """
+    import dataclasses
+
+    from kvstore.txn.scheduler import TxnScheduler
+
+    (store,) = make_stores(tmp_path, 1)
+    hold = _HoldApply()
+    threads: list[threading.Thread] = []
+    try:
+        _, h = leader([store], 1)
+        assert h.peer.group is not None
+        group = h.peer.group
+        start_ts, commit_ts, now = compose_ts(1000, 0), compose_ts(1001, 0), compose_ts(99_000, 0)
+        muts = [Mutation(Op.PUT, b"p", b"1"), Mutation(Op.PUT, b"s", b"1")]
+        assert h.scheduler.kv_prewrite(muts, b"p", start_ts, 1) == []
+        h.peer.observer = hold
+        # From now on every caller's deadline passes before its entry applies.
+        group.config = dataclasses.replace(group.config, proposal_timeout=0.0)
+
+        def run(out: list[object], fn: Callable[[TxnScheduler], object]) -> threading.Thread:
+            def body() -> None:
+                try:
+                    out.append(fn(store.region(1, None).scheduler))
+                except Exception as e:  # what the caller got is part of the check
+                    out.append(e)
+
+            t = threading.Thread(target=body, daemon=True)
+            threads.append(t)
+            t.start()
+            return t
+
+        # An unrelated write, held inside its apply: the driver stops there.
+        hold.armed = True
+        run([], lambda s: s.kv_prewrite([Mutation(Op.PUT, b"x", b"1")], b"x", start_ts + 5, 1))
+        assert hold.entered.wait(10)
+        committed: list[object] = []
+        t1 = run(committed, lambda s: s.kv_commit([b"p"], start_ts, commit_ts))
+        wait_for(lambda: not t1.is_alive() or group._pending, what="the commit proposed")
+        status: list[object] = []
+        t2 = run(
+            status,
+            lambda s: s.kv_check_txn_status(b"p", start_ts, 0, now, True),
+        )
+        # Before the fix the commit's caller is gone (timed out, latch free)
+        # and the status check is computed and proposed at once; with it, the
+        # commit's caller still holds the latch and the check waits for it.
+        wait_for(lambda: not t2.is_alive() or t1.is_alive(), what="the check queued or blocked")
+        hold.release.set()
+        for t in threads:
+            t.join(30)
+            assert not t.is_alive()
+        # Whatever the callers were told, their entries are in the log: one
+        # more write, applied after all of them, makes them visible.
+        group.config = dataclasses.replace(group.config, proposal_timeout=5.0)
+        h.rawstore.raw_put(b"after", b"1")
+        # The primary holds U's commit record and nothing else of U (before
+        # the fix: a ROLLBACK record at start_ts as well).
+        records = [
+            (ts, w.write_type)
+            for ts, w in h.scheduler._reader.versions(codec.txn_key(b"p"))
+            if w.start_ts == start_ts
+        ]
+        assert records == [(commit_ts, WriteType.PUT)]
+        # The status check saw the commit (before the fix: it decided a TTL
+        # rollback, or its own caller timed out with that decision queued).
+        assert len(status) == 1 and getattr(status[0], "commit_ts", None) == commit_ts
+        # The commit's caller learns the real outcome, not "timed out".
+        assert committed == [None]
+        # And the secondary can still be committed (the resolver's job).
+        h.scheduler.kv_commit([b"s"], start_ts, commit_ts)
+    finally:
+        hold.release.set()
+        for t in threads:
+            t.join(30)
+        store.close()

@@ -37,7 +37,15 @@ from kvstore.errors import (
     UndeterminedError,
     WriteConflictError,
 )
-from kvstore.types import Mutation, Op, validate_key, validate_limit, validate_range, validate_value
+from kvstore.types import (
+    Mutation,
+    Op,
+    physical_ms,
+    validate_key,
+    validate_limit,
+    validate_range,
+    validate_value,
+)
 
 if TYPE_CHECKING:
     from kvstore.client.client import Client
@@ -378,10 +386,15 @@ class TtlManager:
                     continue
                 primary, ttl = entry
                 heapq.heappush(self._due, (time.monotonic() + ttl / 3000, start_ts))
+            # A lock's TTL counts from its start_ts (not from the last beat), so
+            # ask for the time gone since then plus a whole TTL, as client-go's
+            # ttlManager does: a fixed TTL would let a commit slower than that
+            # be rolled back by the first reader while still heart-beating.
+            elapsed = max(0, int(time.time() * 1000) - physical_ms(start_ts))
             # A missing lock (not yet prewritten, or rolled back) is for the
             # commit path to find out; keep beating until it unregisters.
             with contextlib.suppress(KVError):
-                self._heart_beat(primary, start_ts, ttl * 2)
+                self._heart_beat(primary, start_ts, elapsed + ttl)
 
     def close(self) -> None:
         with self._cv:

@@ -285,9 +285,17 @@ class Peer:
             raise NotLeaderError(self.region.id)
         return self.group
 
-    def propose(self, data: bytes, timeout: float | None = None) -> Any:
+    def propose(
+        self,
+        data: bytes,
+        timeout: float | None = None,
+        *,
+        term: int | None = None,
+        settle: bool = False,
+    ) -> Any:
+        """See :meth:`raft.RaftGroup.propose` for ``term`` and ``settle``."""
         try:
-            result = self._group().propose(data, timeout)
+            result = self._group().propose(data, timeout, term=term, settle=settle)
         except ProposalError as e:
             if e.unknown:
                 raise ProposalDroppedError(self.region.id, e.reason) from None
@@ -327,8 +335,15 @@ class Peer:
         data = raftcmd.encode_write(self.region.id, epoch or self.region.epoch, batch)
         self.propose_async(data, callback)
 
-    def propose_write(self, batch: WriteBatch, epoch: RegionEpoch | None = None) -> None:
-        self.propose(raftcmd.encode_write(self.region.id, epoch or self.region.epoch, batch))
+    def propose_write(
+        self, batch: WriteBatch, epoch: RegionEpoch | None = None, term: int | None = None
+    ) -> None:
+        """Propose a write batch computed from this replica's applied state
+        (under the caller's latches): ``term`` is the Raft term read before
+        that state was, and the call returns only once the entry's fate is
+        known, so that the latches outlast a proposal that times out."""
+        data = raftcmd.encode_write(self.region.id, epoch or self.region.epoch, batch)
+        self.propose(data, term=term, settle=True)
 
     def propose_split(self, req: raftcmd.SplitRequest) -> tuple[Region, Region]:
         r = self.region

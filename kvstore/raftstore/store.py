@@ -126,15 +126,17 @@ class PeerSink:
         self.engine = engine
         self._request = threading.local()
 
-    def use_epoch(self, epoch: RegionEpoch) -> None:
+    def use_epoch(self, epoch: RegionEpoch, term: int | None = None) -> None:
         self._request.epoch = epoch
+        self._request.term = term
 
     def get(self, cf: str, key: bytes) -> bytes | None:
         return self.engine.get(cf, key)
 
     def write(self, batch: WriteBatch, *, sync: bool = False) -> None:
         # ``sync`` is moot: the Raft log is fsync'd before the entry commits.
-        self.peer.propose_write(batch, getattr(self._request, "epoch", None))
+        r = self._request
+        self.peer.propose_write(batch, getattr(r, "epoch", None), getattr(r, "term", None))
 
     def write_async(self, batch: WriteBatch, done: Callable[[Exception | None], None]) -> None:
         """:meth:`write` without waiting: ``done(error or None)`` once the
@@ -148,13 +150,15 @@ class PeerSink:
 class RegionHandle:
     """A routed request's view of one Region (see :meth:`Store.region`)."""
 
-    def __init__(self, store: Store, peer: Peer) -> None:
+    def __init__(self, store: Store, peer: Peer, term: int | None = None) -> None:
         self.store = store
         self.peer = peer
         self.region = peer.region
         self.scheduler = store.schedulers[peer.region_id]
         self.rawstore = store.rawstores[peer.region_id]
-        store.sinks[peer.region_id].use_epoch(self.region.epoch)
+        # The term the leadership check was made in: a write computed under
+        # this handle is proposed only if still in that term (Peer.propose_write).
+        store.sinks[peer.region_id].use_epoch(self.region.epoch, term)
 
     def check_epoch_unchanged(self) -> None:
         """Raise EpochNotMatch if the Region split (or changed) since this
@@ -428,11 +432,14 @@ class Store:
         peer = self.peers.get(region_id)
         if peer is None:
             raise RegionNotFoundError(region_id)
+        # Read before the leadership check: leading in this term then means
+        # every write of earlier terms is in our applied state.
+        term = peer.group.term() if leader and peer.group is not None else None
         if leader and not peer.is_leader():
             raise self.not_leader(peer)
         if epoch is not None and epoch.version != peer.region.epoch.version:
             raise EpochNotMatchError(region_id, self.regions_overlapping(peer.region))
-        return RegionHandle(self, peer)
+        return RegionHandle(self, peer, term)
 
     def not_leader(self, peer: Peer) -> NotLeaderError:
         leader_addr = peer.group.leader() if peer.group is not None else None

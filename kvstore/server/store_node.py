@@ -133,7 +133,9 @@ def _serve(
             raft_addr=raft_addr,
             secret=args.secret,
             split_threshold_keys=args.split_keys,
-            raft=RaftConfig(snapshot_entries=args.snapshot_entries),
+            raft=RaftConfig(
+                snapshot_entries=args.snapshot_entries, proposal_timeout=args.proposal_timeout
+            ),
             bootstrap=False,
             id_allocator=pd.alloc_id,
             on_fatal=exit_on_storage_failure,

@@ -179,6 +179,13 @@ def add_store_arguments(p: argparse.ArgumentParser) -> None:
         help="compact a Region's Raft log into a snapshot past N entries",
     )
     p.add_argument(
+        "--proposal-timeout",
+        type=float,
+        default=RaftConfig.proposal_timeout,
+        help="seconds a request waits for its Raft entry before answering with an unknown "
+        "outcome (a write still keeps its keys latched until the entry is applied or gone)",
+    )
+    p.add_argument(
         "--raft-dial-file",
         help="JSON: peer Raft address -> address to dial instead (fault-test proxies)",
     )
@@ -214,7 +221,9 @@ def run_store(args: argparse.Namespace) -> int:
             raft_addr=raft_addr,
             secret=args.secret,
             split_threshold_keys=args.split_keys,
-            raft=RaftConfig(snapshot_entries=args.snapshot_entries),
+            raft=RaftConfig(
+                snapshot_entries=args.snapshot_entries, proposal_timeout=args.proposal_timeout
+            ),
         )
     )
     kv_addrs: dict[int, str] = {}
