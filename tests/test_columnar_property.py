@@ -334,7 +334,7 @@ TestColumnarMatchesRowStore.settings = settings(
 @pytest.mark.slow
 class TestColumnarMatchesRowStoreLong(ColumnarMachine.TestCase):  # type: ignore[misc,name-defined]
     settings = settings(
-        max_examples=400,
+        max_examples=300,
         stateful_step_count=80,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow],
