@@ -623,3 +623,25 @@ def test_write_whose_proposal_timed_out_keeps_its_keys_latched_until_applied(
         for t in threads:
             t.join(30)
         store.close()
+
+
+def test_split_without_snapshots_applies_the_new_regions_first_entries(tmp_path: Path) -> None:
+    """With snapshots off, a Region born of a split counts its log from 1 (no
+    inherited-state snapshot at RAFT_INIT_INDEX): its first writes apply."""
+    from raft import RaftConfig
+
+    stores = make_stores(tmp_path, raft=RaftConfig(snapshot_entries=0))
+    try:
+        routed(stores, codec.raw_key(b"a"), lambda h: h.rawstore.raw_put(b"a", b"0"))
+        _left, right = on_leader(stores, 1, lambda s: s.split_region(1, codec.raw_key(b"m")))
+        keys = [b"n%d" % i for i in range(8)]
+        for k in keys:
+            routed(stores, codec.raw_key(k), lambda h, k=k: h.rawstore.raw_put(k, b"1"))
+        for s in stores:
+            wait_for(
+                lambda s=s: all(s.rawstores[right.id].raw_get(k) == b"1" for k in keys),
+                what=f"the new Region's first writes on store {s.store_id}",
+            )
+    finally:
+        for s in stores:
+            s.close()

@@ -160,7 +160,6 @@ class Peer:
                 left, right = self._split(region, c.split)
                 batch.put(CF_RAFT, meta_key(left.id), encode_region(left))
                 batch.put(CF_RAFT, meta_key(right.id), encode_region(right))
-                batch.put(CF_RAFT, applied_key(right.id), encode_u64(RAFT_INIT_INDEX))
                 with self.lock:
                     self.region = left
                 splits.append((left, right))

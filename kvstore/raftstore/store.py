@@ -246,6 +246,17 @@ class Store:
 
     def _start_peer(self, region: Region, *, fresh: bool = False) -> Peer:
         peer = Peer(region, self.store_id, self.engine, self._on_split, self._on_change)
+        initial = 0
+        if fresh and self.config.raft.snapshot_entries > 0 and self.driver.snap_dir is not None:
+            # Born of a split, with snapshots on: the inherited data is the
+            # state at RAFT_INIT_INDEX and the log starts after it (the group
+            # writes that snapshot). Without snapshots the log starts at 1 and
+            # so does the count of applied entries.
+            initial = RAFT_INIT_INDEX
+            b = WriteBatch()
+            b.put(CF_RAFT, applied_key(region.id), encode_u64(initial))
+            self.engine.write(b, sync=True)
+            peer.applied_index = initial
         peer.overlapping = lambda r, rid=region.id: [
             o for o in self.regions_overlapping(r) if o.id != rid
         ]
@@ -277,8 +288,7 @@ class Store:
             self.config.raft,
             learner=me.is_learner,
             fresh=fresh,
-            # Born of a split: its log starts after the inherited state.
-            initial_index=RAFT_INIT_INDEX if fresh else 0,
+            initial_index=initial,
         )
         return peer
 
