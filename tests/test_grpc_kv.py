@@ -614,3 +614,50 @@ def test_raw_puts_start_from_the_reader_and_are_answered_from_the_apply() -> Non
     finally:
         bound.stop(grace=None)
         handler.store.close()
+
+
+def test_raw_write_with_unknown_outcome_is_retried_only_when_asked() -> None:
+    """A raw put whose proposal was dropped may still apply later: sent again,
+    it is not linearizable (the first attempt can land after another client's
+    later write). By default the routing layer retries it (as TiKV's client
+    does); with ``raw_retry_unknown=False`` it raises UndeterminedError and
+    is sent once."""
+    from kvstore.client.routing import RegionLocation, RoutedKvBackend
+    from kvstore.errors import ProposalDroppedError, UndeterminedError
+    from kvstore.types import Peer as PeerMeta
+    from kvstore.types import Region, RegionEpoch
+
+    region = Region(1, b"", b"", RegionEpoch(1, 1), (PeerMeta(1, 1),))
+
+    class Source:
+        def locate(self, encoded_key: bytes) -> list[RegionLocation]:
+            return [RegionLocation(region, 1)]
+
+        def store_addr(self, store_id: int) -> str | None:
+            return "127.0.0.1:1"
+
+        def close(self) -> None:
+            pass
+
+    class Store:
+        def __init__(self) -> None:
+            self.puts = 0
+
+        def raw_put(self, key: bytes, value: bytes, ttl: int | None = None) -> None:
+            self.puts += 1
+            if self.puts == 1:
+                raise ProposalDroppedError(1, "leader changed")
+
+    for retry, sent in ((True, 2), (False, 1)):
+        store = Store()
+        kv = RoutedKvBackend(source=Source(), timeout=5.0, raw_retry_unknown=retry)
+        kv._stub = lambda _sid, store=store: store  # type: ignore[method-assign,assignment,misc]
+        try:
+            if retry:
+                kv.raw_put(b"k", b"v")
+            else:
+                with pytest.raises(UndeterminedError, match="outcome unknown"):
+                    kv.raw_put(b"k", b"v")
+        finally:
+            kv.close()
+        assert store.puts == sent

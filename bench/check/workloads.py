@@ -15,8 +15,9 @@ How errors become outcomes (the rule that matters most): a transaction whose
 body or prewrite failed left nothing committed (``fail``; the client rolls
 back, a resolver cleans what a crash left); a transaction whose primary
 commit failed other than by being rolled back is ``info``. Raw writes that
-raised are ``info`` (the routing layer retries them and may have applied
-them); reads that raised are ``fail`` (they changed nothing).
+raised are ``info`` (the clients run with ``raw_retry_unknown=False``: a
+write that may have applied raises ``UndeterminedError``); reads that raised
+are ``fail`` (they changed nothing).
 
 ``inject`` is a test-only hook (never on the command line): a deliberately
 broken client that lets a test show the runner and checkers catch a real

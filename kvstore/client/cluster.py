@@ -72,6 +72,7 @@ def connect(
     tls_ca: str | None = None,
     tls_cert: str | None = None,
     tls_key: str | None = None,
+    raw_retry_unknown: bool = True,
     **client_options: Any,
 ) -> Client:
     """A client of the cluster whose PD answers at ``pd_addrs`` (one
@@ -79,7 +80,9 @@ def connect(
     ``kvstore.open``: ``raw``, ``begin``, ``transaction``, ``tso``, ``close``.
     ``timeout``: total time per call, retries included. ``tls_*``: PEM files
     (CA, this client's certificate and key) when the cluster requires mutual
-    TLS."""
+    TLS. ``raw_retry_unknown=False``: a raw write whose outcome is unknown
+    raises ``UndeterminedError`` instead of being sent again (linearizable;
+    see :mod:`kvstore.client.routing`)."""
     tls = tls_from_args(argparse.Namespace(tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key))
     if isinstance(pd_addrs, str):
         pd_addrs = [a for a in (s.strip() for s in pd_addrs.split(",")) if a]
@@ -88,7 +91,13 @@ def connect(
         raise InvalidArgumentError("at least one PD address is needed")
     pd = PdClient(addrs, tls=tls)
     try:
-        kv = RoutedKvBackend(source=PdRegionSource(pd), batching=batching, timeout=timeout, tls=tls)
+        kv = RoutedKvBackend(
+            source=PdRegionSource(pd),
+            batching=batching,
+            timeout=timeout,
+            tls=tls,
+            raw_retry_unknown=raw_retry_unknown,
+        )
     except BaseException:
         pd.close()
         raise

@@ -31,12 +31,17 @@ transactional and raw keys live in the same Regions, in different key spaces.
   Backoff is exponential with jitter, under one total deadline per call.
 * Unknown outcomes: ``ProposalDropped`` and a transport failure after a write
   may have left are *unknown outcome*. Idempotent writes are retried — every
-  Percolator command is idempotent by design, and so are ``raw_put``,
-  ``raw_batch_put``, ``raw_delete`` and ``raw_delete_range`` —;
-  ``raw_compare_and_swap`` is not, and raises
-  :class:`~kvstore.errors.UndeterminedError` instead. A write that may have been
-  applied and still fails when the deadline passes raises ``UndeterminedError``
-  too: never report a maybe-applied write as failed.
+  Percolator command is idempotent by design —; ``raw_compare_and_swap`` is
+  not, and raises :class:`~kvstore.errors.UndeterminedError` instead. A write
+  that may have been applied and still fails when the deadline passes raises
+  ``UndeterminedError`` too: never report a maybe-applied write as failed.
+  ``raw_put``, ``raw_batch_put``, ``raw_delete`` and ``raw_delete_range`` are
+  retried by default (as TiKV's client does), which is *not* linearizable:
+  the first attempt may still apply after the retry answered, and then after
+  another client's later write, which it overwrites (``htapkv check`` caught
+  exactly this across a leader kill). With ``raw_retry_unknown=False`` they
+  raise ``UndeterminedError`` instead, and single-key raw operations are
+  linearizable.
 """
 
 from __future__ import annotations
@@ -514,8 +519,10 @@ class RoutedKvBackend(KvBackend):
         batching: bool = False,
         seed: int | None = None,
         tls: TlsConfig | None = None,
+        raw_retry_unknown: bool = True,
     ) -> None:
         self.tls = tls
+        self.raw_retry_unknown = raw_retry_unknown
         self.source: RegionSource = source or DebugRegionSource(store_addrs, tls=tls)
         self.timeout = timeout
         self.rpc_timeout = rpc_timeout
@@ -1073,7 +1080,7 @@ class RoutedKvBackend(KvBackend):
         return out
 
     def raw_put(self, key: bytes, value: bytes, ttl: int | None = None) -> None:
-        op = self._new_op("raw_put", write=True)
+        op = self._new_op("raw_put", write=True, idempotent=self.raw_retry_unknown)
         self._one(_encode_key(codec.raw_key, key), lambda s: s.raw_put(key, value, ttl), op)
 
     def raw_batch_put(self, pairs: Iterable[tuple[bytes, bytes]], ttl: int | None = None) -> None:
@@ -1084,13 +1091,13 @@ class RoutedKvBackend(KvBackend):
             checked.append(pair)
         if not checked:
             return
-        op = self._new_op("raw_batch_put", write=True)
+        op = self._new_op("raw_batch_put", write=True, idempotent=self.raw_retry_unknown)
         self._grouped(
             checked, lambda p: codec.raw_key(p[0]), lambda s, ps: s.raw_batch_put(ps, ttl), op
         )
 
     def raw_delete(self, key: bytes) -> None:
-        op = self._new_op("raw_delete", write=True)
+        op = self._new_op("raw_delete", write=True, idempotent=self.raw_retry_unknown)
         self._one(_encode_key(codec.raw_key, key), lambda s: s.raw_delete(key), op)
 
     def raw_scan(
@@ -1107,7 +1114,7 @@ class RoutedKvBackend(KvBackend):
         start, end = validate_range(start, end)
         if end is not None and end <= start:
             raise InvalidArgumentError("delete_range needs start < end")
-        op = self._new_op("raw_delete_range", write=True)
+        op = self._new_op("raw_delete_range", write=True, idempotent=self.raw_retry_unknown)
 
         def delete(s: GrpcKvBackend, lo: bytes, _n: int | None) -> list[None]:
             s.raw_delete_range(lo, end)
