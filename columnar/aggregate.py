@@ -19,6 +19,13 @@ keys) :func:`filtered_aggregate` evaluates it straight with compute kernels
 on slices of the table in parallel (a TPC-H Q6 over 1M rows: ~4 ms on two
 cores, against ~15 ms for one Acero filter-and-aggregate plan, which runs
 every exec batch through its own expression evaluator on one thread).
+
+A comparison of a numeric column without NULLs against a number runs in
+numpy, on the column's buffer: numpy writes a byte per row where Arrow's
+kernels pack bits, and is several times faster (1M doubles: ~0.2 ms against
+~0.7 ms). Everywhere else a number is compared as a scalar of the column's
+own type, so Arrow never widens the whole column to the literal's type (an
+INT column against a Python int would first be cast to int64).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyarrow import acero
@@ -52,6 +60,15 @@ _KERNELS = {
     "<=": pc.less_equal,
     ">": pc.greater,
     ">=": pc.greater_equal,
+}
+
+_NUMPY_COMPARE: dict[str, np.ufunc] = {
+    "=": np.equal,
+    "!=": np.not_equal,
+    "<": np.less,
+    "<=": np.less_equal,
+    ">": np.greater,
+    ">=": np.greater_equal,
 }
 
 # Below this many rows per slice, a thread hand-off costs more than it saves.
@@ -141,8 +158,11 @@ def _check_where(where: Sequence[Comparison]) -> None:
             raise InvalidArgumentError(f"comparison {w[0]} {w[1]} needs a value")
 
 
-def comparison_expression(where: Sequence[Comparison]) -> pc.Expression | None:
-    """``where`` as one ``pyarrow.compute`` expression (None if empty)."""
+def comparison_expression(
+    where: Sequence[Comparison], schema: pa.Schema | None = None
+) -> pc.Expression | None:
+    """``where`` as one ``pyarrow.compute`` expression (None if empty); with
+    the table's ``schema``, numbers as scalars of their column's type."""
     _check_where(where)
     expr: pc.Expression | None = None
     for col, op, value in where:
@@ -151,26 +171,84 @@ def comparison_expression(where: Sequence[Comparison]) -> pc.Expression | None:
             e = f.is_null()
         elif op == "not_null":
             e = ~f.is_null()
+        elif schema is not None and col in schema.names:
+            e = _KERNELS[op](f, _typed(value, schema.field(col).type))
         else:
             e = _KERNELS[op](f, value)
         expr = e if expr is None else expr & e
     return expr
 
 
+def _typed(value: Any, t: pa.DataType) -> Any:
+    """``value`` as a scalar of type ``t`` when it is a number that type
+    holds exactly (else as given: Arrow then finds a common type)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    if pa.types.is_integer(t) and isinstance(value, int):
+        info = np.iinfo(t.to_pandas_dtype())
+        return pa.scalar(value, t) if info.min <= value <= info.max else value
+    if pa.types.is_floating(t) and t.bit_width == 64:
+        return pa.scalar(float(value), t)
+    return value
+
+
+def _numpy_values(arr: pa.ChunkedArray, op: str, value: Any) -> np.ndarray | None:
+    """The values of ``arr`` as a numpy array, if comparing them with
+    ``value`` in numpy gives Arrow's answer: a numeric column without NULLs
+    (numpy has no NULL), a number for ``value``, an integer column's
+    ``value`` within its type (numpy would reject or wrap it)."""
+    if op not in _NUMPY_COMPARE or arr.null_count:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    t = arr.type
+    if pa.types.is_integer(t):
+        if isinstance(value, int):
+            info = np.iinfo(t.to_pandas_dtype())
+            if not info.min <= value <= info.max:
+                return None
+    elif not pa.types.is_floating(t):
+        return None
+    # One chunk (a compacted base, or a slice of it): the buffer itself.
+    one = arr.num_chunks == 1
+    values: np.ndarray = arr.chunk(0).to_numpy(zero_copy_only=True) if one else arr.to_numpy()
+    return values
+
+
 def comparison_mask(table: pa.Table, where: Sequence[Comparison]) -> pa.ChunkedArray:
     """The rows of ``table`` that every comparison of ``where`` holds for,
-    as a boolean mask: a comparison with NULL selects nothing (as in SQL)."""
+    as a boolean mask: a comparison with NULL selects nothing (as in SQL).
+    Comparisons numpy can answer run there (see the module docstring)."""
     _check_where(where)
     mask: Any = None
+    selected: np.ndarray | None = None  # the comparisons numpy ran, ANDed
+    scratch: np.ndarray | None = None  # reused: fresh pages cost more than comparing
     for col, op, value in where:
         arr = table[col]
+        values = _numpy_values(arr, op, value)
+        if values is not None:
+            if selected is None:
+                selected = _NUMPY_COMPARE[op](values, value)
+            else:
+                if scratch is None:
+                    scratch = np.empty(len(selected), dtype=bool)
+                _NUMPY_COMPARE[op](values, value, out=scratch)
+                np.logical_and(selected, scratch, out=selected)
+            continue
         if op == "is_null":
             m = pc.is_null(arr)
         elif op == "not_null":
             m = pc.is_valid(arr)
         else:
-            m = _KERNELS[op](arr, value)
+            m = _KERNELS[op](arr, _typed(value, arr.type))
         mask = m if mask is None else pc.and_(mask, m)
+    if selected is not None:
+        # Packed by numpy: pa.array() of a bool array costs ten times more.
+        bits = pa.py_buffer(np.packbits(selected, bitorder="little"))
+        packed = pa.chunked_array(
+            [pa.BooleanArray.from_buffers(pa.bool_(), len(selected), [None, bits])]
+        )
+        mask = packed if mask is None else pc.and_(mask.fill_null(False), packed)
     if mask is None:
         return pa.chunked_array([pa.repeat(True, table.num_rows)], pa.bool_())
     return mask.fill_null(False)
@@ -194,7 +272,7 @@ def filtered_aggregate(
     _check(aggs)
     piece: Callable[[pa.Table], pa.Table]
     if keys or not where:
-        expr = comparison_expression(where)
+        expr = comparison_expression(where, table.schema)
         piece = lambda t: partial_aggregate(t, keys, aggs, expr)  # noqa: E731
     else:
         piece = lambda t: _global_piece(t, aggs, where)  # noqa: E731
