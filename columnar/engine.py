@@ -547,6 +547,19 @@ class ColumnarStore:
             td.deltas = td.deltas[n_deltas:]
         return 1
 
+    def table_storage(self) -> list[tuple[str, int, int, int]]:
+        """Per table with a schema: (name, stable rows, delta parts, raw
+        rows); a table is fully compacted when the last two are 0."""
+        with self._mu:
+            out = []
+            for tid, td in sorted(self._tables.items()):
+                info = self._decode_schema(tid, None)
+                if info is None:
+                    continue
+                stable = td.stable.num_rows if td.stable is not None else 0
+                out.append((info.name, stable, len(td.deltas), td.raw_count))
+            return out
+
     def stats(self) -> dict[str, int]:
         with self._mu:
             return {

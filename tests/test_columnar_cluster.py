@@ -320,6 +320,11 @@ def test_columnar_node_down_then_restarted(cluster: LocalCluster, client: Client
         ch.close()
     assert st_resp.regions and all(r.applied_index > 0 for r in st_resp.regions)
     assert "restart" in st_resp.tables
+    storage = {t.table: t for t in st_resp.storage}
+    # Every row of the table is somewhere in Arrow: base, deltas or raw.
+    assert "restart" in storage
+    st = storage["restart"]
+    assert st.stable_rows + st.raw_rows > 0 or st.delta_parts > 0
     metrics = urllib.request.urlopen(f"http://{node.status_addr}/metrics", timeout=5).read()
     assert b"htapkv_columnar_applied_index" in metrics
     out = subprocess.run(
@@ -332,6 +337,7 @@ def test_columnar_node_down_then_restarted(cluster: LocalCluster, client: Client
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "Columnar freshness" in out.stdout
+    assert "Columnar storage" in out.stdout and "restart" in out.stdout
 
 
 # --------------------------------------------------------------------------- e

@@ -454,6 +454,8 @@ class ColumnarService:
                 lag_ms=(now - f.behind_since) * 1000 if lag and f.behind_since else 0.0,
             )
         resp.tables.extend(t.name for t in self.columnar.tables())
+        for name, stable, deltas, raw in self.columnar.table_storage():
+            resp.storage.add(table=name, stable_rows=stable, delta_parts=deltas, raw_rows=raw)
         return resp
 
     def rpc_handler(self) -> grpc.GenericRpcHandler:

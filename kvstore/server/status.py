@@ -53,6 +53,13 @@ def _print_freshness(console: Console, store_id: int, addr: str, tls: TlsConfig 
             f"{r.lag_ms:.0f}",
         )
     console.print(t)
+    if resp.storage:
+        s = Table(title=f"Columnar storage (store {store_id})")
+        for col in ("table", "stable rows", "delta parts", "undecoded rows"):
+            s.add_column(col)
+        for ts in resp.storage:
+            s.add_row(ts.table, f"{ts.stable_rows:,}", str(ts.delta_parts), f"{ts.raw_rows:,}")
+        console.print(s)
 
 
 def print_status(pd_addrs: str, out: TextIO, tls: TlsConfig | None = None) -> int:
