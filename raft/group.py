@@ -66,8 +66,8 @@ _serializer.atomicReplace = _durable_replace  # the module-level seam the Serial
 
 
 _EXPIRY_CHECK_INTERVAL = 0.1  # seconds between two scans for timed-out proposals
-# How often a caller waiting for its proposal to settle looks whether this
-# replica still leads in the proposal's term.
+# How often a caller waiting for its proposal to settle looks whether the
+# group was removed (the driver settles it otherwise: see _expire).
 _SETTLE_POLL_INTERVAL = 0.05
 # A group nothing happened to is ticked at its next Raft deadline (heartbeat
 # or election timeout), else at least this often: for pysyncobj's slower
@@ -122,7 +122,9 @@ class _Proposal:
 
     ``done`` is the answer the caller gets (possibly "timed out" at its
     deadline); ``settle`` records the entry's real fate on this replica when
-    it is known (applied, discarded, or never proposed), which may be later.
+    it is known (applied, discarded, never proposed, or this replica no
+    longer leads in the proposal's term), which may be later. Both happen
+    once; all calls after the first are ignored.
     """
 
     __slots__ = (
@@ -133,6 +135,7 @@ class _Proposal:
         "event",
         "final",
         "finished",
+        "on_settled",
         "result",
         "settled",
         "term",
@@ -144,6 +147,7 @@ class _Proposal:
         deadline: float,
         callback: ProposalCallback | None = None,
         term: int | None = None,
+        on_settled: Callable[[], None] | None = None,
     ) -> None:
         self.command = command
         self.deadline = deadline
@@ -151,6 +155,7 @@ class _Proposal:
         # The term in which the caller decided what to propose: the entry
         # must be appended in that same term or not at all (see _drain).
         self.term = term
+        self.on_settled = on_settled
         self.event = threading.Event() if callback is None else None
         self.settled = threading.Event() if callback is None else None
         self.final: tuple[Any, ProposalError | None] | None = None
@@ -173,7 +178,18 @@ class _Proposal:
                 log.exception("proposal callback failed")
 
     def settle(self, result: Any, error: ProposalError | None) -> None:
+        # Settled early (leadership lost while the entry was in flight), then
+        # called back by pysyncobj when this replica applied the index.
+        if self.final is not None:
+            return
         self.final = (result, error)
+        # Before the answer: a client told the outcome finds the latches
+        # this proposal's caller held free again.
+        if self.on_settled is not None:
+            try:
+                self.on_settled()
+            except Exception:
+                log.exception("proposal settled callback failed")
         self.done(result, error)
         if self.settled is not None:
             self.settled.set()
@@ -484,30 +500,46 @@ class RaftGroup:
 
     def _wait_settled(self, p: _Proposal) -> None:
         assert p.settled is not None
+        # The driver settles it (see _expire); a removed group has failed it.
         while not p.settled.wait(_SETTLE_POLL_INTERVAL):
-            # No longer leading in the proposal's term: if it is still queued,
-            # _drain refuses it; if it is in the log, it is applied here (or
-            # discarded) before this replica can lead, and so compute
-            # anything, again. Nothing here can be computed without it.
-            if self.destroyed or self.term() != p.term or not self.obj._isLeader():
+            if self.destroyed:
                 return
 
     def propose_async(
-        self, command: bytes, callback: ProposalCallback, timeout: float | None = None
+        self,
+        command: bytes,
+        callback: ProposalCallback,
+        timeout: float | None = None,
+        *,
+        term: int | None = None,
+        settled: Callable[[], None] | None = None,
     ) -> None:
         """Like :meth:`propose`, without waiting: ``callback(result, error)``
         is called exactly once, with the state machine's result or a
-        :class:`ProposalError` (same meaning as :meth:`propose`'s). It runs in
-        the driver thread, so it must be quick and must not wait for the
-        driver (no :meth:`propose`, :meth:`RaftDriver.call` in it;
-        :meth:`propose_async` is fine); a rejection (not the ready leader) is
-        called back at once in the caller's thread. One thread can keep many
-        proposals in flight this way, without a thread hand-off each."""
-        if not self.is_ready_leader():
+        :class:`ProposalError` (same meaning as :meth:`propose`'s), at the
+        deadline at the latest. It runs in the driver thread, so it must be
+        quick and must not wait for the driver (no :meth:`propose`,
+        :meth:`RaftDriver.call` in it; :meth:`propose_async` is fine); a
+        rejection (not the ready leader) is called back at once in the
+        caller's thread. One thread can keep many proposals in flight this
+        way, without a thread hand-off each.
+
+        ``term``: as for :meth:`propose` (default: the term now).
+
+        ``settled()`` is called exactly once, when the entry's fate here is
+        known: what ``settle=True`` waits for in :meth:`propose`. A caller
+        holding latches over the command's keys releases them there, not in
+        ``callback``, which may come first (at the deadline). When both are
+        due at once, ``settled`` runs first. Same threads as ``callback``."""
+        if term is None:
+            term = self.term()
+        if not self.is_ready_leader() or self.term() != term:
+            if settled is not None:
+                settled()
             callback(None, ProposalError("not leader", unknown=False, leader=self.leader()))
             return
         wait = timeout if timeout is not None else self.config.proposal_timeout
-        self._enqueue(_Proposal(command, time.monotonic() + wait, callback))
+        self._enqueue(_Proposal(command, time.monotonic() + wait, callback, term, settled))
 
     def _enqueue(self, p: _Proposal) -> None:
         with self._pending_lock:
@@ -587,8 +619,26 @@ class RaftGroup:
         # if another leader's entry took it): callers that settle wait for it.
         for batch in list(self._in_flight.values()):
             for p in batch:
-                if p.deadline <= now:
-                    p.done(None, ProposalError("proposal timed out", unknown=True))
+                if p.deadline > now:
+                    continue
+                p.done(None, ProposalError("proposal timed out", unknown=True))
+                if p.final is None and not self._leads_in(p.term):
+                    # No longer leading in the proposal's term. If the entry
+                    # is in our log, it is applied (or discarded) here before
+                    # this replica can be a ready leader again, and so
+                    # compute anything; a command computed in that term and
+                    # not yet appended is refused (propose, _drain). So the
+                    # caller may let go of its latches now, rather than for
+                    # as long as a partitioned replica hears from no leader.
+                    p.settle(None, ProposalError("leadership lost", unknown=True))
+
+    def _leads_in(self, term: int | None) -> bool:
+        """Driver thread: leader, in ``term`` if one is given."""
+        return (
+            not self.destroyed
+            and (term is None or self.term() == term)
+            and bool(self.obj._isLeader())
+        )
 
     def _drain(self) -> None:
         """Driver thread: turn queued proposals into one log entry."""

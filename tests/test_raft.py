@@ -137,6 +137,61 @@ def test_async_proposal_that_cannot_commit_times_out_as_unknown(tmp_path: Path) 
                 n.stop()
 
 
+def test_async_proposal_settles_once_its_fate_is_known(tmp_path: Path) -> None:
+    # ``callback`` answers by the deadline; ``settled`` says when the entry's
+    # fate is known here, which is when a caller may let go of its latches.
+    nodes = make_nodes(tmp_path, 3)
+    addrs = [n.addr for n in nodes]
+    events: list[object] = []
+    answered = threading.Event()
+    settled = threading.Event()
+
+    def callback(result: Any, err: ProposalError | None) -> None:
+        events.append(("answer", result, err))
+        answered.set()
+
+    def on_settled() -> None:
+        events.append("settled")
+        settled.set()
+
+    try:
+        for n in nodes:
+            n.host(1, addrs, cfg=RaftConfig(leader_step_down_timeout=2.0))
+        leader = leader_of(nodes, 1)
+        # Applied before its deadline: settled first (the latches are free
+        # once the client hears), each exactly once.
+        leader.propose_async(b"ok", callback, settled=on_settled)
+        assert answered.wait(10) and settled.is_set()
+        assert events == ["settled", ("answer", 1, None)]
+        # Refused at once (decided in an earlier term): both, in this thread.
+        events.clear()
+        leader.propose_async(b"stale", callback, term=leader.term() - 1, settled=on_settled)
+        assert events[0] == "settled" and len(events) == 2
+        assert isinstance(events[1], tuple) and events[1][2].unknown is False
+        # Cannot commit (the followers are gone): answered "unknown" at the
+        # deadline, settled only once this replica no longer leads (here:
+        # it steps down, hearing from no majority), never twice.
+        events.clear()
+        answered.clear()
+        settled.clear()
+        for n in nodes:
+            if n.groups[1] is not leader:
+                n.stop()
+        leader.propose_async(b"lost", callback, timeout=0.0, settled=on_settled)
+        assert answered.wait(10)
+        assert not settled.is_set() and leader.is_leader()
+        assert settled.wait(10)
+        assert not leader.is_leader()
+        answer = events[0]
+        assert isinstance(answer, tuple) and answer[2] is not None and answer[2].unknown
+        assert events[1:] == ["settled"]
+    finally:
+        for n in nodes:
+            if not n.driver._stop:
+                n.stop()
+    assert events[1:] == ["settled"]  # stopping the leader settled nothing again
+
+
 def test_follower_refuses_proposals_without_proposing(cluster: list[Node]) -> None:
     leader = leader_of(cluster, 1)
     follower = next(n.groups[1] for n in cluster if n.groups[1] is not leader)
