@@ -22,7 +22,7 @@ from kvstore.errors import (
 )
 from kvstore.raftstore import RegionHandle, Store, StoreConfig
 from kvstore.raftstore.peer import WriteOp
-from kvstore.storage import DATA_CFS
+from kvstore.storage import CF_DEFAULT, DATA_CFS
 from kvstore.types import Mutation, Op, Region, RegionEpoch, WriteType, compose_ts
 from tests.raft_helpers import wait_for
 
@@ -623,6 +623,109 @@ def test_write_whose_proposal_timed_out_keeps_its_keys_latched_until_applied(
         for t in threads:
             t.join(30)
         store.close()
+
+
+class _KeyHistory:
+    """Apply observer recording, in log order, the values one raw key is
+    given on this replica."""
+
+    def __init__(self, key: bytes) -> None:
+        self.key = codec.raw_key(key)
+        self.values: list[bytes | None] = []
+
+    def on_apply(self, region: Region, index: int, ops: list[WriteOp]) -> None:
+        for _op, cf, key, value in ops:
+            if cf == CF_DEFAULT and key == self.key:
+                self.values.append(None if value is None else value[1:])  # the TTL byte
+
+    def on_reset(self, region: Region, index: int) -> None:
+        pass
+
+    def on_destroy(self, region: Region) -> None:
+        pass
+
+
+def test_async_raw_put_answered_unknown_keeps_its_key_latched_until_applied(
+    tmp_path: Path,
+) -> None:
+    """The async RawPut path (the gRPC server's, when the keys' latches are
+    free) answers at the proposal's deadline with an unknown outcome; the
+    entry may still be in the log and apply later. If the key's latch were
+    let go with that answer, a compare-and-swap on the key could read the
+    value before the put and write after it (not linearizable: it reports
+    a previous value that is not the one its write replaced)."""
+    import dataclasses
+    import time
+
+    from raft import RaftConfig
+
+    # The leader never steps down in this test: its followers' acknowledgements
+    # are dropped for a while (commit stops), heartbeats still reach them.
+    cfg = RaftConfig(snapshot_entries=10_000, leader_step_down_timeout=60.0)
+    stores = make_stores(tmp_path, raft=cfg)
+    threads: list[threading.Thread] = []
+    cut = threading.Event()
+    try:
+        lstore, h = leader(stores, 1)
+        group = h.peer.group
+        assert group is not None
+        h.rawstore.raw_put(b"k", b"old")
+        history = _KeyHistory(b"k")
+        h.peer.observer = history
+        transport = group.obj._SyncObj__transport
+        deliver = transport.deliver
+
+        def drop_acks(addr: str, message: object) -> None:
+            if (
+                cut.is_set()
+                and isinstance(message, dict)
+                and message.get("type") == "next_node_idx"
+            ):
+                return
+            deliver(addr, message)
+
+        transport.deliver = drop_acks
+        cut.set()
+        group.config = dataclasses.replace(group.config, proposal_timeout=0.0)
+        answers: list[Exception | None] = []
+        assert lstore.region(1, None).rawstore.raw_batch_put_async(
+            [(b"k", b"put")], None, answers.append
+        )
+        wait_for(lambda: answers, what="the put's answer at its deadline")
+        assert isinstance(answers[0], ProposalDroppedError)  # unknown outcome
+        swapped: list[object] = []
+
+        def cas() -> None:
+            try:
+                rawstore = lstore.region(1, None).rawstore
+                swapped.append(rawstore.raw_compare_and_swap(b"k", b"old", b"cas"))
+            except Exception as e:  # what the caller got is part of the check
+                swapped.append(e)
+
+        t = threading.Thread(target=cas, daemon=True)
+        threads.append(t)
+        t.start()
+        # Before the fix the latch is free: the CAS reads "old" and proposes
+        # its write at once (a second batch in flight). With it, the CAS
+        # waits for the put's latch and nothing more is proposed.
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline and len(group._in_flight) < 2:
+            time.sleep(0.005)
+        cut.clear()
+        t.join(30)
+        assert not t.is_alive()
+        group.config = dataclasses.replace(group.config, proposal_timeout=5.0)
+        # The put applied after all; the CAS ran after it and saw it (before
+        # the fix: (True, b"old"), its write applied right after the put's).
+        assert swapped == [(False, b"put")]
+        assert history.values == [b"put"]
+        assert h.rawstore.raw_get(b"k") == b"put"
+    finally:
+        cut.clear()
+        for t in threads:
+            t.join(30)
+        for s in stores:
+            s.close()
 
 
 def test_split_without_snapshots_applies_the_new_regions_first_entries(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 import kvstore
+from kvstore.errors import ProposalDroppedError
 from kvstore.rawkv import RawStore
 from kvstore.storage import MemoryEngine, RocksEngine
 
@@ -281,20 +282,29 @@ class DeferredSink:
 
     def __init__(self, engine: MemoryEngine) -> None:
         self.engine = engine
-        self.pending: list[tuple[object, object]] = []
+        self.pending: list[tuple[object, object, object]] = []
 
     def write(self, batch, *, sync: bool = False) -> None:
         self.engine.write(batch, sync=sync)
 
-    def write_async(self, batch, done) -> None:
-        self.pending.append((batch, done))
+    def write_async(self, batch, done, settled) -> None:
+        self.pending.append((batch, done, settled))
 
     def apply_all(self, error: Exception | None = None) -> None:
         pending, self.pending = self.pending, []
-        for batch, done in pending:
+        for batch, done, settled in pending:
             if error is None:
                 self.engine.write(batch)
+            settled()
             done(error)
+
+    def time_out_all(self) -> None:
+        """Answer every write "unknown" at its deadline; they stay pending
+        (the entries are still in the log)."""
+        pending, self.pending = self.pending, []
+        for batch, done, settled in pending:
+            done(ProposalDroppedError(1, "proposal timed out"))
+            self.pending.append((batch, lambda _err: None, settled))  # answered once
 
 
 def test_async_batch_put_holds_its_latches_until_applied() -> None:
@@ -321,3 +331,30 @@ def test_async_batch_put_holds_its_latches_until_applied() -> None:
         store.raw_batch_put_async([(b"", b"v")], None, outcomes.append)
     # A sink without write_async: the caller must take the blocking path.
     assert not RawStore(engine, engine).raw_batch_put_async([(b"x", b"v")], None, outcomes.append)
+
+
+def test_async_batch_put_answered_unknown_keeps_its_latches_until_settled() -> None:
+    # The proposal's deadline passes: the client is told "unknown" at once,
+    # but the entry may still apply, so the key stays latched until the sink
+    # settles it. A compare-and-swap waits for that, then sees the put.
+    engine = MemoryEngine()
+    sink = DeferredSink(engine)
+    store = RawStore(engine, sink)
+    outcomes: list[Exception | None] = []
+    assert store.raw_batch_put_async([(b"k", b"1")], None, outcomes.append)
+    sink.time_out_all()
+    assert len(outcomes) == 1 and isinstance(outcomes[0], ProposalDroppedError)
+    assert not store.raw_batch_put_async([(b"k", b"2")], None, outcomes.append)  # still held
+    swapped: list[tuple[bool, bytes | None]] = []
+    cas = threading.Thread(
+        target=lambda: swapped.append(store.raw_compare_and_swap(b"k", None, b"cas")),
+        daemon=True,
+    )
+    cas.start()
+    cas.join(0.2)
+    assert cas.is_alive() and swapped == []  # waiting for the put's latch
+    sink.apply_all()  # the put applies after all, then settles
+    cas.join(10)
+    assert swapped == [(False, b"1")]
+    assert len(outcomes) == 1  # the client was answered once, at the deadline
+    assert store.raw_get(b"k") == b"1"

@@ -303,10 +303,18 @@ class Peer:
             raise result
         return result
 
-    def propose_async(self, data: bytes, callback: Callable[[Any, Exception | None], None]) -> None:
+    def propose_async(
+        self,
+        data: bytes,
+        callback: Callable[[Any, Exception | None], None],
+        *,
+        term: int | None = None,
+        settled: Callable[[], None] | None = None,
+    ) -> None:
         """:meth:`propose` without waiting: ``callback(result, error)`` gets
         the result or the error :meth:`propose` would raise, in the Raft
-        driver thread (see :meth:`raft.RaftGroup.propose_async`)."""
+        driver thread; ``settled()`` once the entry's fate here is known (see
+        :meth:`raft.RaftGroup.propose_async` for both and for ``term``)."""
 
         def done(result: Any, err: ProposalError | None) -> None:
             if err is not None:
@@ -321,18 +329,26 @@ class Peer:
 
         group = self.group
         if group is None:
+            if settled is not None:
+                settled()
             callback(None, NotLeaderError(self.region.id))
             return
-        group.propose_async(data, done)
+        group.propose_async(data, done, term=term, settled=settled)
 
     def propose_write_async(
         self,
         batch: WriteBatch,
         callback: Callable[[Any, Exception | None], None],
         epoch: RegionEpoch | None = None,
+        *,
+        term: int | None = None,
+        settled: Callable[[], None] | None = None,
     ) -> None:
+        """:meth:`propose_write` without waiting: the caller hears the outcome
+        in ``callback`` (at the deadline at the latest, maybe "unknown") and
+        releases its latches in ``settled``, which may come later."""
         data = raftcmd.encode_write(self.region.id, epoch or self.region.epoch, batch)
-        self.propose_async(data, callback)
+        self.propose_async(data, callback, term=term, settled=settled)
 
     def propose_write(
         self, batch: WriteBatch, epoch: RegionEpoch | None = None, term: int | None = None

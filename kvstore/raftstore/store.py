@@ -138,12 +138,25 @@ class PeerSink:
         r = self._request
         self.peer.propose_write(batch, getattr(r, "epoch", None), getattr(r, "term", None))
 
-    def write_async(self, batch: WriteBatch, done: Callable[[Exception | None], None]) -> None:
+    def write_async(
+        self,
+        batch: WriteBatch,
+        done: Callable[[Exception | None], None],
+        settled: Callable[[], None],
+    ) -> None:
         """:meth:`write` without waiting: ``done(error or None)`` once the
-        batch is applied here, in the Raft driver thread (or at once in this
-        one if this replica cannot propose)."""
+        batch is applied here or the proposal's deadline passed (unknown
+        outcome), ``settled()`` once its fate here is known, which may be
+        later: the caller's latches are held until then, as :meth:`write`
+        holds them. Both in the Raft driver thread (or at once in this one if
+        this replica cannot propose)."""
+        r = self._request
         self.peer.propose_write_async(
-            batch, lambda _result, err: done(err), getattr(self._request, "epoch", None)
+            batch,
+            lambda _result, err: done(err),
+            getattr(r, "epoch", None),
+            term=getattr(r, "term", None),
+            settled=settled,
         )
 
 

@@ -129,9 +129,15 @@ class RawStore:
         """:meth:`raw_batch_put` without waiting, when the sink can write
         asynchronously and the keys' latches are free right now: ``done``
         gets the outcome (None, or the error :meth:`raw_batch_put` would
-        raise), in the sink's thread, after the latches are released.
-        Returns False, having done nothing, when the caller should use
-        :meth:`raw_batch_put` instead; raises what it raises for bad input."""
+        raise), in the sink's thread. Returns False, having done nothing,
+        when the caller should use :meth:`raw_batch_put` instead; raises what
+        it raises for bad input.
+
+        The latches are released when the sink says the write's fate is
+        known, not at ``done``: an answer at the proposal's deadline
+        ("unknown") comes while the entry may still apply, and a
+        compare-and-swap on these keys must not read the value before it
+        and write after it."""
         write_async = getattr(self._sink, "write_async", None)
         if write_async is None:
             return False
@@ -142,15 +148,18 @@ class RawStore:
         held = self.latches.acquire(keys)
         if not held.try_take():
             return False
+        released = False
 
-        def finished(err: Exception | None) -> None:
+        def settled() -> None:
+            nonlocal released
+            released = True
             held.release()
-            done(err)
 
         try:
-            write_async(batch, finished)
+            write_async(batch, done, settled)
         except BaseException:
-            held.release()
+            if not released:  # else the latches may be someone else's by now
+                held.release()
             raise
         return True
 
