@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import datetime
 import decimal
-import math
 import itertools
+import math
 import threading
 
 import pyarrow as pa
