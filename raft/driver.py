@@ -182,6 +182,7 @@ class RaftDriver:
             g.obj._doDestroy()
             if drop_log:
                 self.log_store.drop_group(group_id)
+                g.discard_snapshots()
 
         self.call(drop)
 

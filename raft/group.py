@@ -14,7 +14,9 @@ every entry of earlier terms: until then its state may lag the log.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import glob
 import logging
 import os
 import pickle
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import pysyncobj.serializer as _serializer
 from pysyncobj import FAIL_REASON, SyncObj, replicated
+from pysyncobj.config import SERIALIZER_STATE
 from pysyncobj.monotonic import monotonic as syncobj_monotonic
 from pysyncobj.node import TCPNode
 from pysyncobj.syncobj import _COMMAND_TYPE, _RAFT_STATE
@@ -105,7 +108,11 @@ class SnapshotMachine(StateMachine, Protocol):
 
     def write_snapshot(self, f: BinaryIO) -> None:
         """Write the state as of the last applied entry (called in the driver
-        thread, between two applies)."""
+        thread, between two applies). A machine whose state is large may
+        also offer ``snapshot_writer() -> Callable[[BinaryIO], None]``:
+        called there, it captures the state cheaply (an engine snapshot),
+        and the function it returns writes it later, in another thread, so
+        the driver goes on ticking every group meanwhile."""
         ...
 
     def read_snapshot(self, f: BinaryIO) -> None:
@@ -115,6 +122,39 @@ class SnapshotMachine(StateMachine, Protocol):
 
 
 ProposalCallback = Callable[[Any, "ProposalError | None"], None]
+
+
+class _SnapshotJob:
+    """One snapshot being written (see :meth:`RaftGroup._serialize`)."""
+
+    def __init__(self, group: RaftGroup, path: str, raft_data: Any) -> None:
+        self.group = group
+        self.path = path
+        self.raft_data = raft_data
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self, write_state: Callable[[BinaryIO], None]) -> None:
+        g = self.group
+        # Its own name: a group re-created for the same Region (a learner
+        # promoted) may start a job of its own before this one ends.
+        partial = f"{self.path}.{id(self):x}.bg"
+        try:
+            g._write_snapshot_file(partial, self.raft_data, write_state)
+            with g._snapshot_file_lock:
+                if g.destroyed:
+                    os.unlink(partial)
+                    raise ProposalError(
+                        "group removed while its snapshot was written", unknown=False
+                    )
+                _durable_replace(partial, self.path)
+        except BaseException as e:  # reported by the checker; the log stays
+            self.error = e
+        finally:
+            self.done.set()
+            # The checker runs on the group's tick: have it run now.
+            g.obj._wants_tick = True
+            g._driver.wake()
 
 
 class _Proposal:
@@ -396,14 +436,23 @@ class RaftGroup:
             and hasattr(state_machine, "write_snapshot")
         ):
             extra = {
-                "serializer": self._write_snapshot,
+                "serializer": self._serialize,
+                "serializeChecker": self._serialize_state,
                 "deserializer": self._read_snapshot,
                 "fullDumpFile": os.path.join(driver.snap_dir, f"group-{group_id}.snap"),
                 "logCompactionMinEntries": config.snapshot_entries,
             }
         self.snapshots_written = 0
         self.snapshots_read = 0
+        self._snapshot_job: _SnapshotJob | None = None
+        # Serialises a snapshot job's rename into place with discard_snapshots.
+        self._snapshot_file_lock = threading.Lock()
         self._snapshots = bool(extra)  # ours; pysyncobj's own would pickle the object
+        self.snap_file: str | None = extra.get("fullDumpFile")
+        if self.snap_file is not None:  # partial files of jobs a crash cut short
+            for path in glob.glob(glob.escape(self.snap_file) + ".*.bg"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
         if initial_index > 2 and extra and not os.path.exists(extra["fullDumpFile"]):
             self._write_initial_snapshot(extra["fullDumpFile"], initial_index, peers)
         conf = config.sync_obj_conf(**extra)
@@ -747,15 +796,73 @@ class RaftGroup:
     # File: u32 length + pickled pysyncobj metadata (last two entries and the
     # membership), then the state machine's own bytes. It only ever travels
     # between replicas over the authenticated Raft links.
-    def _write_snapshot(self, path: str, raft_data: Any) -> None:
-        sm: Any = self._sm
+    @staticmethod
+    def _write_snapshot_file(
+        path: str, raft_data: Any, write_state: Callable[[BinaryIO], None]
+    ) -> None:
         meta = pickle.dumps(raft_data)
         with open(path, "wb") as f:
             f.write(struct.pack(">I", len(meta)) + meta)
-            sm.write_snapshot(f)
+            write_state(f)
             f.flush()
             os.fsync(f.fileno())
+
+    def _serialize(self, tmp_path: str, raft_data: Any) -> None:
+        """pysyncobj's serializer (driver thread, between two applies): start
+        writing the snapshot of the state now, in the background if the
+        state machine can capture it (``snapshot_writer``).
+
+        pysyncobj renames ``tmp_path`` into place as soon as this returns
+        and, finding no file there, records a failure that our checker
+        (:meth:`_serialize_state`) overrides; while the job runs it sends no
+        snapshot to followers (the previous file stays whole meanwhile). The
+        job writes its own file and renames it into place when complete, and
+        only then does pysyncobj truncate the log (on our SUCCESS)."""
+        final = tmp_path.removesuffix(".tmp")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_path)  # a crash's leftover must not be renamed into place
+        sm: Any = self._sm
+        capture = getattr(sm, "snapshot_writer", None)
+        job = _SnapshotJob(self, final, raft_data)
+        self._snapshot_job = job
+        if capture is None:
+            job.run(sm.write_snapshot)  # here, in the driver thread
+            return
+        write_state = capture()
+        threading.Thread(
+            target=job.run,
+            args=(write_state,),
+            name=f"raft-snapshot-{self.group_id}",
+            daemon=True,
+        ).start()
+
+    def _serialize_state(self) -> int:
+        """pysyncobj's serialize checker (driver thread, every tick)."""
+        job = self._snapshot_job
+        if job is None:
+            return int(SERIALIZER_STATE.NOT_SERIALIZING)
+        if not job.done.is_set():
+            return int(SERIALIZER_STATE.SERIALIZING)
+        self._snapshot_job = None
+        if job.error is not None:
+            log.warning("group %d: writing a snapshot failed: %s", self.group_id, job.error)
+            return int(SERIALIZER_STATE.FAILED)
         self.snapshots_written += 1
+        return int(SERIALIZER_STATE.SUCCESS)
+
+    def discard_snapshots(self) -> None:
+        """This replica is gone for good (its log dropped): delete its
+        snapshot files, and keep a job still writing one from renaming it
+        into place, so that a replica of the same Region added back later
+        does not start from this one's old state."""
+        with self._snapshot_file_lock:
+            self.destroyed = True
+            if self.snap_file is None:
+                return
+            leftovers = glob.glob(glob.escape(self.snap_file) + ".*.bg")
+            for path in (self.snap_file, self.snap_file + ".tmp", *leftovers):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
 
     def _write_initial_snapshot(self, path: str, index: int, voters: list[str]) -> None:
         """A new group whose state at log ``index`` is what the state machine
@@ -766,8 +873,11 @@ class RaftGroup:
         no entry to start from and is sent this snapshot instead."""
         noop = bytes([_COMMAND_TYPE.NO_OP])
         cluster = {TCPNode(a) for a in voters}
-        self._write_snapshot(path + ".tmp", ((noop, index, 0), (noop, index - 1, 0), cluster))
+        raft_data = ((noop, index, 0), (noop, index - 1, 0), cluster)
+        sm: Any = self._sm
+        self._write_snapshot_file(path + ".tmp", raft_data, sm.write_snapshot)
         _durable_replace(path + ".tmp", path)
+        self.snapshots_written += 1
 
     def _read_snapshot(self, path: str) -> Any:
         sm: Any = self._sm

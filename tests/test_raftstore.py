@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -387,6 +388,11 @@ def test_add_learner_promote_transfer_leader_and_remove_a_replica(tmp_path: Path
         assert new.peers[1].is_leader()
 
         removed = next(s for s in stores[:3])
+        removed_group = removed.peers[1].group
+        assert removed_group is not None and removed_group.snap_file is not None
+        removed_group.compact_now()
+        snap_file = removed_group.snap_file
+        assert os.path.exists(snap_file)
         region = new.remove_peer(1, removed.store_id)
         assert region.epoch.conf_ver == 4
         assert all(p.store_id != removed.store_id for p in region.peers)
@@ -398,6 +404,8 @@ def test_add_learner_promote_transfer_leader_and_remove_a_replica(tmp_path: Path
         )
         assert new.rawstores[1].raw_get(b"after-remove") == b"3"
         assert removed.engine.get("default", codec.raw_key(b"m00")) is None  # data dropped there
+        # Its snapshot too: a replica added back later must not start from it.
+        assert not os.path.exists(snap_file)
     finally:
         for s in stores:
             s.close()
@@ -746,5 +754,78 @@ def test_split_without_snapshots_applies_the_new_regions_first_entries(tmp_path:
                 what=f"the new Region's first writes on store {s.store_id}",
             )
     finally:
+        for s in stores:
+            s.close()
+
+
+def test_a_snapshot_is_written_off_the_driver_thread_at_its_capture_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Region's snapshot is captured in the driver thread (an engine
+    snapshot, between two applies) and written by another thread: while a
+    write is held up, the Region keeps committing, pysyncobj keeps its log
+    (it truncates only once the file is complete), and the file holds the
+    state at the capture point, not the writes made since."""
+    import json
+    import struct
+
+    from kvstore.raftstore.peer import Peer
+    from raft import RaftConfig
+
+    release = threading.Event()
+    captured: list[int] = []
+    original = Peer.snapshot_writer
+
+    def held_writer(self: Peer) -> Callable[[object], None]:
+        write = original(self)
+        captured.append(self.applied_index)
+
+        def slow(f: object) -> None:
+            assert release.wait(60), "the test never released the snapshot"
+            write(f)  # type: ignore[arg-type]
+
+        return slow
+
+    monkeypatch.setattr(Peer, "snapshot_writer", held_writer)
+    cfg = RaftConfig(snapshot_entries=20)
+    stores = make_stores(tmp_path, raft=cfg)
+    try:
+        for i in range(30):
+            k = b"p%03d" % i
+            routed(stores, codec.raw_key(k), lambda h, k=k: h.rawstore.raw_put(k, b"1"))
+        wait_for(lambda: len(captured) >= 3, what="every replica to start a snapshot")
+        # Held in the writing thread: a driver stuck in it would time these out.
+        for i in range(30):
+            k = b"q%03d" % i
+            routed(stores, codec.raw_key(k), lambda h, k=k: h.rawstore.raw_put(k, b"2"))
+        groups = [s.peers[1].group for s in stores]
+        assert all(g is not None and g.snapshots_written == 0 for g in groups)
+        # Nothing truncated while no snapshot is complete.
+        assert all(g._journal.first_index() in (None, 1) for g in groups if g is not None)
+        release.set()
+        wait_for(
+            lambda: all(g is not None and g.snapshots_written >= 1 for g in groups),
+            what="the held snapshots to complete",
+        )
+        g = groups[0]
+        assert g is not None and g.snap_file is not None
+        with open(g.snap_file, "rb") as f:
+            (n,) = struct.unpack(">I", f.read(4))
+            f.read(n)  # pysyncobj's metadata
+            (n,) = struct.unpack(">I", f.read(4))
+            head = json.loads(f.read(n))
+            keys = []
+            while True:
+                cf, klen, vlen = struct.unpack(">BII", f.read(9))
+                if cf == 255:
+                    break
+                keys.append(f.read(klen))
+                f.read(vlen)
+        assert head["applied_index"] in captured
+        assert codec.raw_key(b"p000") in keys
+        # Written after every capture: not in any snapshot.
+        assert not any(k.startswith(codec.raw_key(b"q")) for k in keys)
+    finally:
+        release.set()
         for s in stores:
             s.close()

@@ -232,15 +232,25 @@ class Peer:
     # record with cf index 255 as the end mark. Taken in the driver thread
     # between two applies, so it is exactly the state at ``applied_index``.
     def write_snapshot(self, f: BinaryIO) -> None:
-        r = self.region
-        head = json.dumps(
-            {"region": encode_region(r).decode(), "applied_index": self.applied_index}
-        ).encode()
-        f.write(_U32.pack(len(head)) + head)
-        for i, cf in enumerate(DATA_CFS):
-            for k, v in self.engine.scan(cf, r.start_key, r.end_key or None):
-                f.write(_REC.pack(i, len(k), len(v)) + k + v)
-        f.write(_REC.pack(_END, 0, 0))
+        self.snapshot_writer()(f)
+
+    def snapshot_writer(self) -> Callable[[BinaryIO], None]:
+        """Driver thread, between two applies: the Region's state now (its
+        range of every data CF, read through an engine snapshot taken here),
+        as a function that writes it later in any thread. A 1M-row Region
+        takes seconds to write; the driver must not stop for it."""
+        r, index = self.region, self.applied_index
+        snap = self.engine.snapshot()
+
+        def write(f: BinaryIO) -> None:
+            head = json.dumps({"region": encode_region(r).decode(), "applied_index": index})
+            f.write(_U32.pack(len(head)) + head.encode())
+            for i, cf in enumerate(DATA_CFS):
+                for k, v in snap.scan(cf, r.start_key, r.end_key or None):
+                    f.write(_REC.pack(i, len(k), len(v)) + k + v)
+            f.write(_REC.pack(_END, 0, 0))
+
+        return write
 
     def read_snapshot(self, f: BinaryIO) -> None:
         (n,) = _U32.unpack(f.read(4))
