@@ -468,43 +468,58 @@ class Timing:
         }
 
 
-def timed(
-    fn: Callable[[], pa.Table],
-    reps: int,
-    progress: Progress,
-    label: str,
-    fallbacks: Callable[[], int] | None = None,
-    warmup: int = 0,
-) -> tuple[Timing, pa.Table | None]:
-    """Run ``fn`` ``warmup`` times untimed, then ``reps`` times; the last
-    answer comes back with the times. ``fallbacks()``: a counter that must
-    not move during a run (else the run is counted as answered by the row
-    store)."""
-    timing = Timing()
-    answer = None
-    task = progress.add_task(label, total=reps)
-    for _ in range(warmup):
-        try:
-            fn()
-        except Exception as e:
-            timing.error = f"{type(e).__name__}: {e} (warm-up run)"
-            progress.stop_task(task)
-            return timing, None
-    for _ in range(reps):
+@dataclass
+class Contender:
+    """One way of answering a query, timed by :func:`timed`."""
+
+    label: str
+    fn: Callable[[], pa.Table]
+    # A counter that must not move during a run (else the run is counted as
+    # answered by the row store).
+    fallbacks: Callable[[], int] | None = None
+    timing: Timing = field(default_factory=Timing)
+    answer: pa.Table | None = None
+
+    def run(self) -> bool:
+        """One timed run; False (and the error recorded) if it failed."""
         gc.collect()
-        before = fallbacks() if fallbacks else 0
+        before = self.fallbacks() if self.fallbacks else 0
         t0 = time.perf_counter()
         try:
-            answer = fn()
+            self.answer = self.fn()
         except Exception as e:
-            timing.error = f"{type(e).__name__}: {e}"
-            break
-        timing.samples_ms.append((time.perf_counter() - t0) * 1000)
-        if fallbacks and fallbacks() != before:
-            timing.fallbacks += 1
-        progress.advance(task)
-    progress.stop_task(task)
-    return timing, answer
+            self.timing.error = f"{type(e).__name__}: {e}"
+            return False
+        self.timing.samples_ms.append((time.perf_counter() - t0) * 1000)
+        if self.fallbacks and self.fallbacks() != before:
+            self.timing.fallbacks += 1
+        return True
+
+
+def timed(contenders: Sequence[Contender], reps: int, progress: Progress, warmup: int = 0) -> None:
+    """Run each contender ``warmup`` times untimed, then ``reps`` timed runs
+    of each, taking turns (a, b, a, b, ...): on a shared machine whatever
+    else runs then weighs on both alike, where back-to-back blocks would
+    give one the quiet minute and the other the busy one. A contender that
+    fails stops its runs (its error recorded); the others go on."""
+    tasks = {c.label: progress.add_task(c.label, total=reps) for c in contenders}
+    live = list(contenders)
+    for c in list(live):
+        for _ in range(warmup):
+            try:
+                c.fn()
+            except Exception as e:
+                c.timing.error = f"{type(e).__name__}: {e} (warm-up run)"
+                live.remove(c)
+                break
+    for _ in range(reps):
+        for c in list(live):
+            if c.run():
+                progress.advance(tasks[c.label])
+            else:
+                live.remove(c)
+    for task in tasks.values():
+        progress.stop_task(task)
 
 
 def canonical(t: pa.Table, keys: Sequence[str]) -> list[list[Any]]:
@@ -655,7 +670,8 @@ def run_queries(
 
     results = []
     for q in queries():
-        col_t, col_a = timed(
+        col = Contender(
+            f"{q.label}: columnar replica",
             lambda q=q: client.columnar_scan(  # type: ignore[misc]
                 table,
                 predicate=q.predicate,
@@ -664,27 +680,23 @@ def run_queries(
                 aggregates=q.aggregates,
                 max_wait=SCAN_MAX_WAIT_S,
             ),
-            reps,
-            progress,
-            f"{q.label}: columnar replica",
             fallbacks,
-            warmup=WARMUP_RUNS,
         )
-        row_t, row_a = timed(
+        duck = Contender(
+            f"{q.label}: DuckDB on Arrow",
+            lambda q=q: con.sql(q.sql).to_arrow_table(),  # type: ignore[misc]
+        )
+        timed([col, duck], reps, progress, warmup=WARMUP_RUNS)
+        row = Contender(
+            f"{q.label}: row store",
             lambda q=q: paged_row_store_scan(  # type: ignore[misc]
                 client, table, q.predicate, ts, q.group_by, q.aggregates
             ),
-            row_reps,
-            progress,
-            f"{q.label}: row store",
         )
-        duck_t, duck_a = timed(
-            lambda q=q: con.sql(q.sql).to_arrow_table(),  # type: ignore[misc]
-            reps,
-            progress,
-            f"{q.label}: DuckDB on Arrow",
-            warmup=WARMUP_RUNS,
-        )
+        timed([row], row_reps, progress)
+        col_t, col_a = col.timing, col.answer
+        duck_t, duck_a = duck.timing, duck.answer
+        row_t, row_a = row.timing, row.answer
         answers = {
             name: canonical(a, q.group_by) if a is not None else None
             for name, a in (("columnar", col_a), ("row_store", row_a), ("duckdb", duck_a))
@@ -1153,7 +1165,9 @@ def build_notes(data: dict[str, Any], results: Sequence[QueryResult]) -> list[st
         "Timed runs start once the columnar node reports the table fully compacted "
         f"(`Columnar.Status`: {_settled(data)}), after {WARMUP_RUNS} untimed run(s) of each "
         "query on the replica and in DuckDB (the replica's first read of a new stable base "
-        "computes its MVCC filter and dictionary codes once, then reuses them).",
+        "computes its MVCC filter and dictionary codes once, then reuses them); the replica "
+        "and DuckDB then take turns, run by run, so that other work on the machine weighs "
+        "on both alike.",
         "Lag: each marker is a one-row transaction on table `lag_marker`; then columnar reads "
         "at fresh timestamps repeat until one returns the new value. lag = when that read "
         "returned - when the commit returned. A columnar read asks the Region leader for a "

@@ -12,9 +12,11 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+from rich.progress import Progress
 
 from bench.columnar import (
     Q1_CUTOFF,
+    Contender,
     QueryResult,
     Timing,
     canonical,
@@ -22,6 +24,7 @@ from bench.columnar import (
     queries,
     same_answer,
     target_summary,
+    timed,
 )
 from tests.bench_helpers import alive, run_quick_bench, stop_leftover_clusters
 
@@ -110,3 +113,25 @@ def test_columnar_quick_run_reports_agreeing_answers_and_stops_its_cluster(
     assert len(pids) == 5 and all(pids)
     assert not any(alive(pid) for pid in pids)
     assert not any(data_dir.iterdir())
+
+
+def test_timed_contenders_take_turns_and_a_failure_stops_only_its_own() -> None:
+    calls: list[str] = []
+
+    def answer(name: str, fail_on: int | None = None) -> Any:
+        def fn() -> pa.Table:
+            calls.append(name)
+            if fail_on is not None and calls.count(name) == fail_on:
+                raise RuntimeError(f"{name} broke")
+            return pa.table({"n": [len(calls)]})
+
+        return fn
+
+    a, b = Contender("a", answer("a")), Contender("b", answer("b", fail_on=3))
+    with Progress(disable=True) as progress:
+        timed([a, b], 3, progress, warmup=1)
+    # Warm-ups first, then turns; b's third call (its second timed run) fails.
+    assert calls == ["a", "b", "a", "b", "a", "b", "a"]
+    assert len(a.timing.samples_ms) == 3 and a.timing.error is None
+    assert len(b.timing.samples_ms) == 1 and b.timing.error == "RuntimeError: b broke"
+    assert a.answer is not None and a.answer["n"].to_pylist() == [7]
