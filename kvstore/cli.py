@@ -12,6 +12,7 @@ line on stderr and exit with status 2: no stack trace.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from importlib.metadata import entry_points
 
@@ -27,10 +28,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     from kvstore.errors import KVError
 
     args = build_parser().parse_args(argv)
+    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so that a command
+    # running a local cluster stops the servers it started instead of
+    # leaving them behind. Server commands install their own handler.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         code: int = args.func(args)
     except KVError as e:

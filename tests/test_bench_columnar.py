@@ -6,6 +6,7 @@ numbers exist, the three paths agree, and no process outlives the run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -135,3 +136,40 @@ def test_timed_contenders_take_turns_and_a_failure_stops_only_its_own() -> None:
     assert len(a.timing.samples_ms) == 3 and a.timing.error is None
     assert len(b.timing.samples_ms) == 1 and b.timing.error == "RuntimeError: b broke"
     assert a.answer is not None and a.answer["n"].to_pylist() == [7]
+
+
+def test_a_terminated_bench_stops_the_cluster_it_started(tmp_path: Path) -> None:
+    """SIGTERM (a CI timeout, `kill`) unwinds the command like Ctrl-C: the
+    local cluster's servers are stopped, not left running."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.bench_helpers import REPO
+
+    out, data_dir = tmp_path / "results", tmp_path / "data"
+    cmd = [sys.executable, "-m", "kvstore.cli", "bench", "columnar", "--quick"]
+    proc = subprocess.Popen(
+        [*cmd, "--output", str(out), "--data-dir", str(data_dir)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        pids: list[int] = []
+        while not pids and time.monotonic() < deadline and proc.poll() is None:
+            for f in data_dir.glob("*/htapkv-cluster/cluster.json"):
+                with contextlib.suppress(ValueError):  # being written
+                    pids = [p["pid"] for p in json.loads(f.read_text())["processes"]]
+            time.sleep(0.05)  # polling for the file, not standing in for it
+        assert pids and all(alive(p) for p in pids), "the bench started no cluster"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        assert not any(alive(p) for p in pids)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        stop_leftover_clusters(data_dir)
