@@ -194,9 +194,9 @@ def _typed(value: Any, t: pa.DataType) -> Any:
 
 def _numpy_values(arr: pa.ChunkedArray, op: str, value: Any) -> np.ndarray | None:
     """The values of ``arr`` as a numpy array, if comparing them with
-    ``value`` in numpy gives Arrow's answer: a numeric column without NULLs
-    (numpy has no NULL), a number for ``value``, an integer column's
-    ``value`` within its type (numpy would reject or wrap it)."""
+    ``value`` in numpy gives Arrow's answer: an integer or DOUBLE column
+    without NULLs (numpy has no NULL), a number for ``value``, an integer
+    column's ``value`` within its type (numpy would reject or wrap it)."""
     if op not in _NUMPY_COMPARE or arr.null_count:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -207,7 +207,9 @@ def _numpy_values(arr: pa.ChunkedArray, op: str, value: Any) -> np.ndarray | Non
             info = np.iinfo(t.to_pandas_dtype())
             if not info.min <= value <= info.max:
                 return None
-    elif not pa.types.is_floating(t):
+    elif not (pa.types.is_floating(t) and t.bit_width == 64):
+        # A FLOAT (float32) column: numpy would round the literal to float32
+        # (0.05 <= 0.05 holds), Arrow widens the column (it does not).
         return None
     # One chunk (a compacted base, or a slice of it): the buffer itself.
     one = arr.num_chunks == 1

@@ -353,6 +353,8 @@ def _filter_table() -> pa.Table:
             # No NULLs: compared in numpy (NaN included, as IEEE compares it).
             "n": pa.array([k % 60 for k in range(n)], pa.int32()),
             "f": pa.array([math.nan if k % 13 == 0 else k / 8 for k in range(n)], pa.float64()),
+            # float32: 0.05 is not float32(0.05), which Arrow widens to compare.
+            "g": pa.array([(k % 20) / 20 for k in range(n)], pa.float32()),
         }
     )
     # Two chunks: numpy gets a copy of them joined, not a buffer.
@@ -365,6 +367,7 @@ WHERES = [
     [("n", "<", 2**40), ("n", ">", -(2**40))],  # beyond int32: Arrow compares them
     [("f", "!=", 1.0), ("f", "<=", 100.0)],
     [("f", "=", 12.5), ("i", ">=", 0)],
+    [("g", "<=", 0.05), ("g", "!=", 0.0)],
     [("i", "<", 20), ("d", ">=", 10.0)],
     [("s", "=", "s3")],
     [("s", "!=", "s3"), ("i", ">", 5), ("i", "<=", 40)],
