@@ -803,8 +803,6 @@ def wait_compacted(client: Client, table: str, max_wait: float) -> float | None:
     None if that did not happen within ``max_wait`` (the run goes on)."""
     from kvstore.proto import columnarpb_pb2
 
-    reader = client.columnar
-    assert reader is not None
     channels = columnar_channels(client)
     calls = [ch.unary_unary("/htapkv.columnarpb.Columnar/Status") for ch in channels]
     t0 = time.monotonic()
