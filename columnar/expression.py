@@ -2,9 +2,9 @@
 ``l_extendedprice * (1 - l_discount)``.
 
 An aggregate's argument is ``*``, a column name, or an expression of column
-names and numeric literals with ``+ - * /``, unary minus and parentheses
-(Python's grammar for these, parsed with :mod:`ast`; nothing else is
-accepted). The same text names the aggregate's result
+names and numeric literals with ``+ - * /``, unary minus, parentheses and
+``double(x)`` (a cast to DOUBLE; Python's grammar for these, parsed with
+:mod:`ast`; nothing else is accepted). The same text names the aggregate's result
 (``sum(l_extendedprice * (1 - l_discount))``), so the columnar node, the
 row-store fallback and the client agree on it.
 
@@ -12,6 +12,11 @@ One evaluator serves both executions: given ``pc.field`` leaves it builds a
 ``pyarrow.compute`` expression (for an Acero plan), given arrays it computes
 the values with the same kernels. Arithmetic is Arrow's checked arithmetic
 (an overflow is an error, not a wrap); ``/`` divides in DOUBLE.
+
+``double`` is what lets the SQL layer push its own aggregates down: SQL
+computes arithmetic that is not integer-only in DOUBLE (``sql.expr``), so it
+sends ``double(l_extendedprice) * (1.0 - double(l_discount))`` and the node
+computes exactly the values SQL would have computed itself.
 """
 
 from __future__ import annotations
@@ -34,9 +39,16 @@ _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
 }
 
 
+# Functions an expression may call: name -> what it does to its one argument.
+_FUNCTIONS: dict[str, Callable[[Any], Any]] = {}
+
+
 def _double(x: Any) -> Any:
     # An expression casts itself; compute's cast takes arrays and scalars only.
     return x.cast(pa.float64()) if isinstance(x, pc.Expression) else pc.cast(x, pa.float64())
+
+
+_FUNCTIONS["double"] = _double
 
 
 def is_expression(arg: str) -> bool:
@@ -57,12 +69,20 @@ def _parse(text: str) -> ast.expr:
             continue
         if isinstance(node, ast.Constant) and type(node.value) in (int, float):
             continue
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in _FUNCTIONS
+            and len(node.args) == 1
+            and not node.keywords
+        ):
+            continue
         # Operators are checked with their BinOp/UnaryOp above.
         if isinstance(node, (ast.Name, ast.Load, ast.operator, ast.unaryop)):
             continue
         raise InvalidArgumentError(
-            f"bad expression {text!r}: only column names, numbers, + - * / and "
-            "parentheses are allowed"
+            f"bad expression {text!r}: only column names, numbers, + - * /, "
+            "parentheses and double(x) are allowed"
         )
     return tree
 
@@ -73,7 +93,9 @@ def columns_of(arg: str) -> list[str]:
         return []
     if not is_expression(arg):
         return [arg]
-    names = [n.id for n in ast.walk(_parse(arg)) if isinstance(n, ast.Name)]
+    tree = _parse(arg)
+    calls = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    names = [n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in calls]
     return list(dict.fromkeys(names))
 
 
@@ -82,6 +104,9 @@ def _eval(node: ast.expr, leaf: Callable[[str], Any], const: Callable[[Any], Any
         return leaf(node.id)
     if isinstance(node, ast.Constant):
         return const(node.value)
+    if isinstance(node, ast.Call):
+        assert isinstance(node.func, ast.Name)  # checked by _parse
+        return _FUNCTIONS[node.func.id](_eval(node.args[0], leaf, const))
     if isinstance(node, ast.UnaryOp):
         x = _eval(node.operand, leaf, const)
         return pc.negate_checked(x) if isinstance(node.op, ast.USub) else x

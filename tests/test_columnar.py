@@ -436,7 +436,27 @@ def test_expression_aggregates_parse_strictly_and_compute_like_arrow() -> None:
         {"g": "a", "sum(k / 2 + p * (1 - d))": 47.5},
         {"g": "b", "sum(k / 2 + p * (1 - d))": 16.0},
     ]
-    for bad in ("p.x", "f(p)", "p ** 2", "'s'", "p and d", "p[0]", "1 +", "p * True"):
+    # double(x) casts to DOUBLE (SQL's arithmetic over DECIMALs), in both
+    # evaluators; it names no column.
+    m = pa.table({"m": pa.array([decimal.Decimal("1.10"), None], pa.decimal128(15, 2))})
+    assert evaluate(m, "double(m) * (1.0 - double(m))").type == pa.float64()
+    assert evaluate(m, "double(m) * 2").to_pylist() == [2.2, None]
+    assert columns_of("double(m) + double(double(m))") == ["m"]
+    got = partial_aggregate(m, [], [("double(m) * 2", "sum")])
+    assert got.to_pylist() == [{"sum(double(m) * 2)": 2.2}]
+    for bad in (
+        "p.x",
+        "f(p)",
+        "p ** 2",
+        "'s'",
+        "p and d",
+        "p[0]",
+        "1 +",
+        "p * True",
+        "double(p, d)",
+        "double(x=p)",
+        "double()",
+    ):
         with pytest.raises(InvalidArgumentError):
             evaluate(t, bad)
     with pytest.raises(InvalidArgumentError, match="no column 'zz'"):
