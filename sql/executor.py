@@ -47,6 +47,7 @@ from sql.planner import (
     JoinInput,
     JoinNode,
     Node,
+    PushedAggregate,
     QueryPlan,
     RefNode,
     ScanNode,
@@ -54,23 +55,32 @@ from sql.planner import (
     SortNode,
     TableScanNode,
     ValuesNode,
+    top_aggregates,
 )
 
 __all__ = ["execute"]
 
 ScanFn = Callable[[ScanNode], pa.Table]
+AggregateFn = Callable[[PushedAggregate], "pa.Table | None"]
 
 # Rows of one slice of a cross product (bounded memory for non-equi joins).
 _CROSS_SLICE_ROWS = 1 << 22
 
 
-def execute(plan: QueryPlan, scan: ScanFn, params: Sequence[Any] = ()) -> pa.Table:
+def execute(
+    plan: QueryPlan,
+    scan: ScanFn,
+    params: Sequence[Any] = (),
+    aggregate: AggregateFn | None = None,
+) -> pa.Table:
     """Run ``plan``; ``scan(node)`` returns a base table's rows (at least the
     columns ``node.columns``, by name; it may or may not have applied
-    ``node.filters``). ``params`` are the values of ``?`` placeholders, in
-    the order they appear in the statement. Returns the result with the
-    SELECT list's names, in order."""
-    run = _Run(plan, scan, params)
+    ``node.filters``). ``aggregate(pushed)``, if given, returns storage's
+    answer to a :class:`~sql.planner.PushedAggregate` (its filters applied),
+    or None to have it computed here from ``scan``. ``params`` are the values
+    of ``?`` placeholders, in the order they appear in the statement. Returns
+    the result with the SELECT list's names, in order."""
+    run = _Run(plan, scan, params, aggregate)
     out = run.node(plan.root)
     names = [n.rpartition(".")[2] for n in out.column_names]
     if names != out.column_names:
@@ -90,8 +100,15 @@ class _Rel:
 
 
 class _Run:
-    def __init__(self, plan: QueryPlan, scan: ScanFn, params: Sequence[Any]) -> None:
+    def __init__(
+        self,
+        plan: QueryPlan,
+        scan: ScanFn,
+        params: Sequence[Any],
+        aggregate: AggregateFn | None = None,
+    ) -> None:
         self.scan_fn = scan
+        self.aggregate_fn = aggregate
         self.params = list(params)
         self._memo: dict[int, pa.Table] = {}
         self.subqueries: dict[str, pa.Table] = {}
@@ -313,6 +330,41 @@ class _Run:
 
     # ------------------------------------------------------------ aggregate
     def aggregate(self, node: AggregateNode) -> pa.Table:
+        # Every aggregate function once, named __aggN; the expressions
+        # around them are computed over the aggregated table.
+        fns = top_aggregates(node.aggregations)
+        names = {fn: f"__agg{i}" for i, fn in enumerate(fns)}
+        rewritten = []
+        for original in node.aggregations:
+            a = original.copy()
+            for fn in list(a.find_all(exp.AggFunc)):
+                if fn.find_ancestor(exp.AggFunc) is not None:
+                    continue
+                col = exp.column(names[fn])
+                if fn is a:
+                    a = col
+                else:
+                    fn.replace(col)
+            rewritten.append(a)
+        agg_table = None
+        if node.pushdown is not None and self.aggregate_fn is not None:
+            partial = self.aggregate_fn(node.pushdown)
+            if partial is not None:
+                agg_table = _pushed_result(node, node.pushdown, partial)
+        if agg_table is None:
+            agg_table = self._aggregate_here(node, fns)
+        agg_scope = self.scope(agg_table)
+        keys = list(node.group)
+        result: dict[str, Any] = {k: agg_table.column(k) for k in keys}
+        for a in rewritten:
+            result[a.alias_or_name] = evaluate_array(a, agg_scope)
+        if not result:
+            return pa.table({"__row": pa.nulls(agg_table.num_rows, pa.int8())})
+        return pa.Table.from_arrays(list(result.values()), names=list(result))
+
+    def _aggregate_here(self, node: AggregateNode, fns: Sequence[exp.AggFunc]) -> pa.Table:
+        """The group keys (named as in ``node.group``) and ``__aggN`` per
+        function of ``fns``, computed here from the child's rows."""
         assert node.child is not None
         source = self.node(node.child)
         work_cols: dict[str, Any] = {}
@@ -333,26 +385,9 @@ class _Run:
         keys = list(node.group)
         for name, g in node.group.items():
             work_cols[name] = evaluate_array(g, scope)
-        # Every aggregate function once; the expressions around them later.
-        specs: list[tuple[str | list[str], str, Any]] = []
-        agg_names: dict[exp.Expr, str] = {}
-        rewritten = []
-        for original in node.aggregations:
-            a = original.copy()
-            for fn in list(a.find_all(exp.AggFunc)):
-                if fn.find_ancestor(exp.AggFunc) is not None:
-                    continue
-                key = fn
-                if key not in agg_names:
-                    out_name = f"__agg{len(agg_names)}"
-                    agg_names[key] = out_name
-                    specs.append(self._agg_spec(fn, scope, work_cols, out_name, stars))
-                col = exp.column(agg_names[key])
-                if fn is a:
-                    a = col
-                else:
-                    fn.replace(col)
-            rewritten.append(a)
+        specs = [
+            self._agg_spec(fn, scope, work_cols, f"__agg{i}", stars) for i, fn in enumerate(fns)
+        ]
         if not work_cols:
             work = pa.table({"__row": pa.nulls(source.num_rows, pa.int8())})
         else:
@@ -364,17 +399,10 @@ class _Run:
             raise DataError(f"cannot aggregate: {err}") from err
         # pyarrow names outputs "<column>_<function>"; map them to ours.
         out_cols: dict[str, Any] = {k: grouped.column(k) for k in keys}
-        for (target, fn_name, _), out_name in zip(specs, agg_names.values(), strict=True):
+        for i, (target, fn_name, _) in enumerate(specs):
             col_name = "count_all" if fn_name == "count_all" else f"{target}_{fn_name}"
-            out_cols[out_name] = grouped.column(col_name)
-        agg_table = pa.Table.from_arrays(list(out_cols.values()), names=list(out_cols))
-        agg_scope = self.scope(agg_table)
-        result: dict[str, Any] = {k: agg_table.column(k) for k in keys}
-        for a in rewritten:
-            result[a.alias_or_name] = evaluate_array(a, agg_scope)
-        if not result:
-            return pa.table({"__row": pa.nulls(agg_table.num_rows, pa.int8())})
-        return pa.Table.from_arrays(list(result.values()), names=list(result))
+            out_cols[f"__agg{i}"] = grouped.column(col_name)
+        return pa.Table.from_arrays(list(out_cols.values()), names=list(out_cols))
 
     def _agg_spec(
         self,
@@ -495,6 +523,29 @@ class _Run:
 
 
 # ------------------------------------------------------------------ helpers
+def _pushed_result(node: AggregateNode, pushed: PushedAggregate, answer: pa.Table) -> pa.Table:
+    """Storage's answer to ``pushed`` as :meth:`_Run._aggregate_here` would
+    have computed it: keys named as in ``node.group``, then ``__aggN``."""
+    n_keys = len(pushed.group_by)
+    if answer.num_columns != n_keys + len(pushed.aggregates):
+        raise DataError(
+            f"storage answered an aggregation with {answer.num_columns} columns, "
+            f"not {n_keys + len(pushed.aggregates)}"
+        )
+    cols: dict[str, Any] = {name: answer.column(i) for i, name in enumerate(node.group)}
+    for i, (kind, idx) in enumerate(pushed.finals):
+        if kind == "avg":
+            total, count = (answer.column(n_keys + j) for j in idx)
+            # A group whose values are all NULL has a NULL sum: NULL, as AVG.
+            value = pc.divide(pc.cast(total, pa.float64()), pc.cast(count, pa.float64()))
+        else:
+            value = answer.column(n_keys + idx[0])
+        cols[f"__agg{i}"] = value
+    if not cols:
+        return pa.table({"__row": pa.nulls(answer.num_rows, pa.int8())})
+    return pa.Table.from_arrays(list(cols.values()), names=list(cols))
+
+
 def _slice(table: pa.Table, offset: int, limit: int | None) -> pa.Table:
     if offset:
         table = table.slice(offset)

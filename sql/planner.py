@@ -29,6 +29,16 @@ nodes and improves them where sqlglot's steps are naive:
   reads by name; correlated ones the optimizer could not decorrelate raise
   :class:`~sql.errors.NotSupportedError`.
 
+**Aggregation pushdown.** An aggregate straight over one table scan whose
+whole condition was pushed as ``filters`` (TPC-H Q1, Q6, and the grouped
+subqueries of Q15, Q17, Q18, Q20) also gets a :class:`PushedAggregate`: the
+same aggregation in the form the columnar replica computes (TiDB pushes such
+a partial HashAgg to TiFlash). Only what the replica computes exactly as
+``sql.expr`` would is pushed: SUM/COUNT/MIN/MAX/AVG (not DISTINCT) of
+columns and of ``+ - *`` over columns and numbers, with arithmetic that is
+not integer-only made DOUBLE explicitly, as ``sql.expr`` computes it. Whether
+it is used is decided per query, by the engine the scan is routed to.
+
 The order of inner joins is not fixed here: the executor picks it at run
 time from the real sizes of the inputs (see ``sql.executor``), using the
 uniqueness facts (primary keys, GROUP BY keys) and selectivity guesses the
@@ -36,17 +46,21 @@ planner records on each :class:`JoinInput`.
 
 Invariant: pushed ``filters`` are an optimisation only. Every pushed filter
 is also part of the scan's ``condition``, which the executor always applies,
-so a storage engine may ignore ``filters`` without changing any result.
+so a storage engine may ignore ``filters`` without changing any result. The
+one exception is a :class:`PushedAggregate`: its scan's condition is exactly
+its filters, and an engine that takes the aggregate must apply them.
 """
 
 from __future__ import annotations
 
 import datetime
 import decimal
+import keyword
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 import sqlglot
 from sqlglot import exp
 from sqlglot import planner as sqlglot_planner
@@ -55,13 +69,14 @@ from sqlglot.optimizer import optimize
 from sqlglot.optimizer.scope import build_scope
 
 from sql.errors import NotSupportedError, ProgrammingError
-from sql.expr import literal_value, sql_text
+from sql.expr import arrow_type_of, literal_value, sql_text
 
 __all__ = [
     "AggregateNode",
     "JoinInput",
     "JoinNode",
     "Node",
+    "PushedAggregate",
     "QueryPlan",
     "RefNode",
     "ScanNode",
@@ -70,6 +85,7 @@ __all__ = [
     "TableScanNode",
     "ValuesNode",
     "plan_query",
+    "top_aggregates",
 ]
 
 PushedFilter = tuple[str, str, Any]
@@ -204,15 +220,44 @@ class JoinNode(Node):
 
 
 @dataclass(eq=False)
+class PushedAggregate:
+    """An aggregation a storage engine may compute where the rows are.
+
+    ``scan``'s rows that pass its ``filters`` (its whole condition), grouped
+    by ``group_by`` (columns of the scan, in the order of the node's
+    ``group``), with ``aggregates`` in the client's ``columnar_scan`` form:
+    ``(function, argument)``, function ``sum count min max``, argument
+    ``*``, a column, or arithmetic of columns and numbers (``double(x)``
+    casts to DOUBLE). The answer has the keys, then one column per
+    aggregate, in order. ``finals`` read it back: one per function of
+    :func:`top_aggregates` of the node, ``(kind, indexes into
+    aggregates)``; kind ``value`` (the column as is) or ``avg`` (a DOUBLE
+    sum divided by a count)."""
+
+    scan: ScanNode
+    group_by: list[str]
+    aggregates: list[tuple[str, str]]
+    finals: list[tuple[str, list[int]]]
+
+    def describe(self) -> str:
+        aggs = ", ".join(f"{fn}({arg})" for fn, arg in self.aggregates)
+        by = f" by {','.join(self.group_by)}" if self.group_by else ""
+        return f"{aggs}{by}"
+
+
+@dataclass(eq=False)
 class AggregateNode(Node):
     """GROUP BY: ``operands`` (``expr AS _a_N``) are computed first, then
     ``group`` (output name -> key expression) and ``aggregations`` (aliased
-    expressions over aggregate functions); ``condition`` is HAVING."""
+    expressions over aggregate functions); ``condition`` is HAVING.
+    ``pushdown``: the same aggregation as storage may compute it, when it
+    can (see :class:`PushedAggregate`)."""
 
     child: Node | None = None
     group: dict[str, exp.Expr] = field(default_factory=dict)
     aggregations: list[exp.Expr] = field(default_factory=list)
     operands: list[exp.Expr] = field(default_factory=list)
+    pushdown: PushedAggregate | None = None
 
     def children(self) -> list[Node]:
         return [self.child] if self.child is not None else []
@@ -256,16 +301,33 @@ class QueryPlan:
     output_names: list[str]
     sql: str
 
-    def explain(self, engine_of: Callable[[ScanNode], str] | None = None) -> list[str]:
+    def explain(
+        self,
+        engine_of: Callable[[ScanNode], str] | None = None,
+        pushed_to: Callable[[PushedAggregate], str | None] | None = None,
+    ) -> list[str]:
         """The plan as indented lines (two spaces per level); ``engine_of``
-        labels each table scan (e.g. ``[columnar]``)."""
+        labels each table scan (e.g. ``[columnar]``); ``pushed_to`` names
+        the engine that would compute an aggregate's :class:`PushedAggregate`
+        (None: computed here)."""
         lines: list[str] = []
         seen: dict[int, str] = {}
-        _explain(self.root, 0, lines, engine_of, seen)
+        _explain(self.root, 0, lines, engine_of, seen, pushed_to)
         for name, node in self.subqueries.items():
             lines.append(f"Subquery {name}")
-            _explain(node, 1, lines, engine_of, seen)
+            _explain(node, 1, lines, engine_of, seen, pushed_to)
         return lines
+
+    @property
+    def pushdowns(self) -> list[PushedAggregate]:
+        """Every aggregate's pushdown, of the root and of the subqueries."""
+        roots = [self.root, *self.subqueries.values()]
+        found: dict[int, PushedAggregate] = {}
+        for root in roots:
+            for node in iter_nodes(root):
+                if isinstance(node, AggregateNode) and node.pushdown is not None:
+                    found[id(node.pushdown)] = node.pushdown
+        return list(found.values())
 
 
 def _explain(
@@ -274,6 +336,7 @@ def _explain(
     lines: list[str],
     engine_of: Callable[[ScanNode], str] | None,
     seen: dict[int, str],
+    pushed_to: Callable[[PushedAggregate], str | None] | None = None,
 ) -> None:
     pad = "  " * depth
     if isinstance(node, RefNode) and node.child is not None:
@@ -283,7 +346,7 @@ def _explain(
             return
         seen[key] = node.name
         lines.append(f"{pad}Ref {node.name}{node._tail()}")
-        _explain(node.child, depth + 1, lines, engine_of, seen)
+        _explain(node.child, depth + 1, lines, engine_of, seen, pushed_to)
         return
     if isinstance(node, TableScanNode):
         engine = f" [{engine_of(node.scan)}]" if engine_of is not None else ""
@@ -298,7 +361,7 @@ def _explain(
     if isinstance(node, JoinNode):
         if len(node.inputs) == 1:
             lines.append(f"{pad}Filter{node._tail()}" if node._tail() else f"{pad}Pass")
-            _explain(node.inputs[0].node, depth + 1, lines, engine_of, seen)
+            _explain(node.inputs[0].node, depth + 1, lines, engine_of, seen, pushed_to)
             return
         inner = [i.name for i in node.inputs if i.kind == "inner"]
         order = "order chosen at run time" if node.reorder else "in written order"
@@ -314,12 +377,16 @@ def _explain(
         for inp in node.inputs:
             if inp.filter is not None:
                 lines.append(f"{pad}  {inp.name}: filter {sql_text(inp.filter)}")
-            _explain(inp.node, depth + 1, lines, engine_of, seen)
+            _explain(inp.node, depth + 1, lines, engine_of, seen, pushed_to)
         return
     if isinstance(node, AggregateNode):
         group = ", ".join(sql_text(g) for g in node.group.values())
         aggs = ", ".join(sql_text(a) for a in node.aggregations)
         lines.append(f"{pad}Aggregate group=[{group}] aggs=[{aggs}]{node._tail()}")
+        to = pushed_to(node.pushdown) if pushed_to and node.pushdown else None
+        if to is not None and node.pushdown is not None:
+            what = node.pushdown.describe()
+            lines.append(f"{pad}  partial aggregation pushed to {to}: {what}")
     elif isinstance(node, SortNode):
         keys = ", ".join(sql_text(k) for k in node.keys)
         lines.append(f"{pad}Sort [{keys}]{node._tail()}")
@@ -327,7 +394,7 @@ def _explain(
         kind = node.op.upper() + ("" if node.distinct else " ALL")
         lines.append(f"{pad}{kind}{node._tail()}")
     for child in node.children():
-        _explain(child, depth + 1, lines, engine_of, seen)
+        _explain(child, depth + 1, lines, engine_of, seen, pushed_to)
 
 
 # ------------------------------------------------------------------ planning
@@ -361,6 +428,7 @@ def plan_query(
     planner = _Planner(
         {t.lower(): list(c) for t, c in schema.items()},
         {t.lower(): list(k) for t, k in (primary_keys or {}).items()},
+        {t.lower(): {c.lower(): ty for c, ty in cols.items()} for t, cols in schema.items()},
     )
     try:
         plan = sqlglot_planner.Plan(optimized)
@@ -376,9 +444,15 @@ def plan_query(
 
 
 class _Planner:
-    def __init__(self, columns: dict[str, list[str]], pks: dict[str, list[str]]) -> None:
+    def __init__(
+        self,
+        columns: dict[str, list[str]],
+        pks: dict[str, list[str]],
+        types: dict[str, dict[str, str]],
+    ) -> None:
         self.columns = columns
         self.pks = pks
+        self.types = types
         self.scans: list[ScanNode] = []
         self.subqueries: dict[str, Node] = {}
         self._memo: dict[int, Node] = {}
@@ -425,6 +499,7 @@ class _Planner:
                 below.append(agg.condition)
             (dep,) = step.dependencies
             agg.child = self.convert(dep, below)
+            agg.pushdown = self._pushdown(agg)
             return agg
         if isinstance(step, sqlglot_planner.Sort):
             sort = SortNode(name)
@@ -471,6 +546,75 @@ class _Planner:
             node.condition = None
         self._finish_scan(scan, [*chain, *node.projections])
         return node
+
+    # -- aggregation pushdown
+    def _pushdown(self, agg: AggregateNode) -> PushedAggregate | None:
+        """``agg`` as storage may compute it (see :class:`PushedAggregate`),
+        or None if it is not one table scan's exact aggregation."""
+        child = agg.child
+        if isinstance(child, JoinNode):  # sqlglot's one-input "join": a pass-through
+            if len(child.inputs) != 1 or child.conditions or child.post or _shapes(child):
+                return None
+            (inp,) = child.inputs
+            if inp.kind != "inner" or inp.on or inp.filter is not None:
+                return None
+            child = inp.node
+        if not isinstance(child, TableScanNode) or _shapes(child):
+            return None
+        scan = child.scan
+        conjuncts = _conjuncts(scan.condition) if scan.condition is not None else []
+        if any(_pushable(c, scan.alias) is None for c in conjuncts):
+            return None  # storage could not apply the whole condition
+        group_by = []
+        for key in agg.group.values():
+            if not isinstance(key, exp.Column) or key.table != scan.alias:
+                return None
+            group_by.append(key.name)
+        if len(set(group_by)) != len(group_by):
+            return None
+        operands = {
+            o.alias_or_name: (o.unalias() if isinstance(o, exp.Alias) else o) for o in agg.operands
+        }
+        kinds = {c: _kind(t) for c, t in self.types.get(scan.table, {}).items()}
+        aggregates: list[tuple[str, str]] = []
+        finals: list[tuple[str, list[int]]] = []
+
+        def index(item: tuple[str, str]) -> int:
+            if item not in aggregates:
+                aggregates.append(item)
+            return aggregates.index(item)
+
+        for fn in top_aggregates(agg.aggregations):
+            arg = fn.this
+            if isinstance(arg, exp.Column) and not arg.table and arg.name in operands:
+                arg = operands[arg.name]
+            if isinstance(fn, exp.Count):
+                if arg is None or isinstance(arg, exp.Star):
+                    finals.append(("value", [index(("count", "*"))]))
+                    continue
+                if isinstance(arg, exp.Column) and arg.table == scan.alias:
+                    finals.append(("value", [index(("count", arg.name))]))
+                    continue
+                return None
+            if not isinstance(fn, (exp.Sum, exp.Avg, exp.Min, exp.Max)):
+                return None  # COUNT(DISTINCT ...) arrives as Count; others: not pushable
+            translated = _storage_arithmetic(arg, scan.alias, kinds)
+            if translated is None:
+                return None
+            text, kind = translated.text, translated.kind
+            if isinstance(fn, (exp.Min, exp.Max)):
+                name = "min" if isinstance(fn, exp.Min) else "max"
+                finals.append(("value", [index((name, text))]))
+            elif kind not in _NUMERIC:
+                return None  # SQL raises its own error for SUM/AVG of a string
+            elif isinstance(fn, exp.Sum):
+                finals.append(("value", [index(("sum", text))]))
+            else:  # AVG is DOUBLE, as sql.expr computes it
+                as_double = text if kind == "float" else f"double({text})"
+                finals.append(("avg", [index(("sum", as_double)), index(("count", text))]))
+        if not aggregates:  # GROUP BY alone (a DISTINCT): storage wants an aggregate
+            index(("count", "*"))
+        return PushedAggregate(scan, group_by, aggregates, finals)
 
     def _finish_scan(self, scan: ScanNode, exprs: Sequence[exp.Expr]) -> None:
         wanted: set[str] = set()
@@ -655,6 +799,102 @@ class _Planner:
 
 
 # ------------------------------------------------------------------ helpers
+def top_aggregates(aggregations: Sequence[exp.Expr]) -> list[exp.AggFunc]:
+    """The aggregate functions the expressions of ``aggregations`` apply
+    (not those nested inside another), each once, in order of appearance."""
+    out: list[exp.AggFunc] = []
+    for a in aggregations:
+        for fn in a.find_all(exp.AggFunc):
+            if fn.find_ancestor(exp.AggFunc) is None and fn not in out:
+                out.append(fn)
+    return out
+
+
+def _shapes(node: Node) -> bool:
+    """Does ``node`` filter, project or cut its rows itself?"""
+    return bool(
+        node.condition is not None or node.projections or node.limit is not None or node.offset
+    )
+
+
+_NUMERIC = ("int", "float", "decimal")
+
+
+def _kind(sql_type: str) -> str:
+    """``int``, ``float``, ``decimal`` or ``other``: how ``sql.expr`` computes with it."""
+    try:
+        t = arrow_type_of(exp.DataType.build(sql_type, dialect="mysql"))
+    except (SqlglotError, NotSupportedError, ValueError):
+        return "other"
+    if pa.types.is_integer(t):
+        return "int"
+    if pa.types.is_floating(t):
+        return "float"
+    if pa.types.is_decimal(t):
+        return "decimal"
+    return "other"
+
+
+@dataclass(frozen=True)
+class _Arith:
+    text: str  # in the columnar expression grammar
+    kind: str  # int, float, decimal, other
+    literal: int | float | decimal.Decimal | None = None  # set for a number literal
+
+
+def _storage_arithmetic(e: exp.Expr, alias: str, kinds: Mapping[str, str]) -> _Arith | None:
+    """``e`` (columns of ``alias``, numbers, ``+ - *``, unary minus) as the
+    columnar expression text computing the same values as ``sql.expr``:
+    integer-only arithmetic stays integer (checked); anything else is DOUBLE,
+    so its operands are cast with ``double()``. None: not expressible (or
+    constant folding, division, DECIMAL negation: left to ``sql.expr``)."""
+    if isinstance(e, exp.Paren):
+        return _storage_arithmetic(e.this, alias, kinds)
+    if isinstance(e, exp.Column):
+        name = e.name
+        if e.table != alias or name not in kinds:
+            return None
+        if not name.isidentifier() or keyword.iskeyword(name) or name == "double":
+            return None  # the expression grammar could not name it
+        return _Arith(name, kinds[name])
+    if isinstance(e, (exp.Literal, exp.Neg)) and not (
+        isinstance(e, exp.Neg) and not isinstance(e.this, exp.Literal)
+    ):
+        try:
+            v = literal_value(e)
+        except ValueError:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float, decimal.Decimal)):
+            return None
+        if isinstance(v, int):
+            return _Arith(f"({v})", "int", v)
+        return _Arith(f"({float(v)!r})", "float" if isinstance(v, float) else "decimal", v)
+    if isinstance(e, exp.Neg):
+        inner = _storage_arithmetic(e.this, alias, kinds)
+        if inner is None or inner.kind not in ("int", "float"):
+            return None
+        return _Arith(f"(-{inner.text})", inner.kind)
+    ops: dict[type[exp.Expr], str] = {exp.Add: "+", exp.Sub: "-", exp.Mul: "*"}
+    op = ops.get(type(e))
+    if op is None:
+        return None
+    left = _storage_arithmetic(e.this, alias, kinds)
+    right = _storage_arithmetic(e.expression, alias, kinds)
+    if left is None or right is None or left.kind not in _NUMERIC or right.kind not in _NUMERIC:
+        return None
+    if left.literal is not None and right.literal is not None:
+        return None  # sql.expr folds constants exactly
+    if left.kind == right.kind == "int":
+        return _Arith(f"({left.text} {op} {right.text})", "int")
+    return _Arith(f"({_as_double(left)} {op} {_as_double(right)})", "float")
+
+
+def _as_double(a: _Arith) -> str:
+    if a.literal is not None:
+        return f"({float(a.literal)!r})"
+    return a.text if a.kind == "float" else f"double({a.text})"
+
+
 def _conjuncts(e: exp.Expr | None) -> list[exp.Expr]:
     if e is None:
         return []

@@ -81,7 +81,7 @@ from sql.errors import (
     translate,
 )
 from sql.executor import execute
-from sql.planner import QueryPlan, ScanNode, plan_query
+from sql.planner import PushedAggregate, QueryPlan, ScanNode, plan_query
 from sql.prepared import (
     Fallback,
     InsertValues,
@@ -545,8 +545,8 @@ class Session:
         plan = self._plan(stmt, tables, cached=True)
         warnings: list[str] = []
         router = _Router(self, txn, tables, p.hints, warnings, lock)
-        router.prefetch(plan.scans)
-        table = execute(plan, router.scan)
+        router.prefetch(plan.scans, plan.pushdowns)
+        table = execute(plan, router.scan, (), router.aggregate)
         names = _written_names(stmt)
         if names is not None and len(names) == table.num_columns:
             table = table.rename_columns(names)
@@ -558,7 +558,7 @@ class Session:
         tables = self._tables(stmt, txn)
         plan = self._plan(stmt, tables)
         router = _Router(self, txn, tables, p.hints, [], lock=False)
-        lines = plan.explain(router.describe)
+        lines = plan.explain(router.describe, router.pushed_to)
         return Result(pa.table({"plan": pa.array(lines, pa.string())}), len(lines))
 
     def _point_select(
@@ -963,6 +963,7 @@ class _Router:
         self.s, self.txn, self.tables = session, txn, tables
         self.hints, self.warnings, self.lock, self.force = hints, warnings, lock, force
         self._futures: dict[int, Future[pa.Table]] = {}
+        self._aggregates: dict[int, Future[pa.Table | None]] = {}
 
     def engine(self, node: ScanNode) -> tuple[str, str]:
         """``(engine, why)`` for a scan."""
@@ -989,20 +990,64 @@ class _Router:
         engine, why = self.engine(node)
         return f"{engine} ({why})"
 
-    def prefetch(self, scans: Sequence[ScanNode]) -> None:
+    def pushed_to(self, pushed: PushedAggregate) -> str | None:
+        """The engine that computes ``pushed`` (the columnar replica, when
+        its scan goes there and storage can apply every filter), or None."""
+        info = self.tables[pushed.scan.table]
+        if self.engine(pushed.scan)[0] != "columnar" or self.s.client.columnar is None:
+            return None
+        if not all(_pushable(info, f) for f in pushed.scan.filters):
+            return None
+        return "columnar"
+
+    def prefetch(
+        self, scans: Sequence[ScanNode], pushdowns: Sequence[PushedAggregate] = ()
+    ) -> None:
         """Start every scan of a query at once. Each is a round trip (a read
         index per Region on the columnar path) that mostly waits: overlapped,
-        a query with 8 scans waits about as long as for its slowest one.
+        a query with 8 scans waits about as long as for its slowest one. A
+        scan whose aggregate the replica computes asks for that instead.
         Reads only, so a locking read (which adds to the write buffer) runs
         its scans in turn."""
         if self.lock or len(scans) < 2:
             return
+        pushed = {id(p.scan): p for p in pushdowns if self.pushed_to(p) is not None}
         for node in scans:
-            self._futures[id(node)] = _SCAN_POOL.submit(self._scan, node)
+            p = pushed.get(id(node))
+            if p is not None:
+                self._aggregates[id(p)] = _SCAN_POOL.submit(self._aggregate, p)
+            else:
+                self._futures[id(node)] = _SCAN_POOL.submit(self._scan, node)
 
     def scan(self, node: ScanNode) -> pa.Table:
         fut = self._futures.pop(id(node), None)
         return fut.result() if fut is not None else self._scan(node)
+
+    def aggregate(self, pushed: PushedAggregate) -> pa.Table | None:
+        """The replica's answer to ``pushed``, or None: computed by the executor."""
+        fut = self._aggregates.pop(id(pushed), None)
+        return fut.result() if fut is not None else self._aggregate(pushed)
+
+    def _aggregate(self, pushed: PushedAggregate) -> pa.Table | None:
+        if self.pushed_to(pushed) is None:
+            return None
+        node = pushed.scan
+
+        def fell_back(why: str) -> None:
+            self.warnings.append(
+                f"columnar replica not ready ({why}): {node.table} aggregated from the row store"
+            )
+
+        return self.s.client.columnar_scan(
+            node.table,
+            None,
+            list(node.filters),
+            self.txn.start_ts,
+            group_by=pushed.group_by,
+            aggregates=pushed.aggregates,
+            max_wait=COLUMNAR_MAX_WAIT_S,
+            on_fallback=fell_back,
+        )
 
     def _scan(self, node: ScanNode) -> pa.Table:
         info = self.tables[node.table]

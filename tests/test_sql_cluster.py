@@ -2,11 +2,13 @@
 
 a. TPC-H SF 0.01 loaded through ``sql.load``; all 22 queries answer as
    DuckDB does, and EXPLAIN routes every table scan to the columnar replica
-   (none of them is a key lookup), with the replica really answering (the
-   client's fallback counter does not move).
+   (none of them is a key lookup) and pushes the single-table aggregates to
+   it, with the replica really answering (the client's fallback counter does
+   not move).
 b. Row vs columnar through SQL at the same ts, under concurrent writes: in
-   one transaction the same aggregate query forced onto each engine gives
-   the same answer, while writers move money and insert rows.
+   one transaction the same aggregate query forced onto each engine (on the
+   replica: the pushed-down aggregation) gives the same answer, while
+   writers move money and insert rows.
 c. OLTP through SQL from several threads: the bank total is conserved.
 d. A replica that is down: the query still answers (from the row store) and
    says so in a warning; back up, the replica serves again.
@@ -71,6 +73,9 @@ def test_tpch_on_the_columnar_replica_matches_duckdb(client: Client, tpch_loaded
         scans = [line for line in plan if "[" in line and ("columnar" in line or "row" in line)]
         assert scans, plan
         assert all("columnar (scan)" in line for line in scans), (n, scans)
+        # Aggregates straight over one filtered scan run on the replica.
+        pushed = any("partial aggregation pushed to columnar" in line for line in plan)
+        assert pushed == (n in (1, 6, 15, 17, 18, 20, 22)), (n, plan)
         before = client.columnar.fallbacks
         cur = conn.cursor().execute(text)
         got = cur.fetch_arrow_table()
