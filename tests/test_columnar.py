@@ -12,6 +12,9 @@ import decimal
 import itertools
 import math
 import threading
+import time
+from collections.abc import Callable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,6 +33,7 @@ from columnar.expression import columns_of, evaluate
 from kvstore import codec
 from kvstore.client import Client, Transaction, tables
 from kvstore.errors import (
+    DataIsNotReadyError,
     GcTooEarlyError,
     InvalidArgumentError,
     KeyIsLockedError,
@@ -46,7 +50,7 @@ from kvstore.storage.engine import (
 )
 from kvstore.tablecodec import TableInfo, decode_table_meta_key, make_table
 from kvstore.txn.scheduler import GC_SAFE_POINT_KEY as ROW_STORE_SAFE_POINT_KEY
-from kvstore.types import Lock, LockType
+from kvstore.types import Lock, LockType, Region, RegionEpoch
 
 COLUMNS = [("id", "BIGINT"), ("grp", "TEXT"), ("v", "DOUBLE"), ("blob", "TEXT")]
 
@@ -463,3 +467,78 @@ def test_expression_aggregates_parse_strictly_and_compute_like_arrow() -> None:
         evaluate(t, "zz * 2")
     with pytest.raises(InvalidArgumentError):
         partial_aggregate(t, [], [("p ** 2", "sum")])
+
+
+# ------------------------------------------------------------ shared read index
+def _service_with_fake_read_index() -> tuple[Any, list[threading.Event], list[int]]:
+    """A ColumnarService whose leader RPC is a fake: call i blocks until
+    ``gates[i]`` is set, then answers ``100 + i`` (or raises for 666)."""
+    from kvstore.server.columnar_node import ColumnarService
+
+    svc = ColumnarService(None, None, None, None)  # type: ignore[arg-type]
+    gates = [threading.Event() for _ in range(8)]
+    sent: list[int] = []
+    mu = threading.Lock()
+
+    def read_index(region: Region, deadline: float) -> int:
+        with mu:
+            i = len(sent)
+            sent.append(i)
+        assert gates[i].wait(10)
+        if i == 2:
+            raise DataIsNotReadyError(region.id, reason="leader gone")
+        return 100 + i
+
+    svc.read_index = read_index  # type: ignore[method-assign]
+    return svc, gates, sent
+
+
+def test_a_reader_never_gets_a_read_index_sent_before_it_came() -> None:
+    svc, gates, sent = _service_with_fake_read_index()
+    region = Region(7, b"", b"", RegionEpoch(1, 1), ())
+    deadline = time.monotonic() + 30
+    got: dict[str, int | BaseException] = {}
+
+    def reader(name: str) -> None:
+        try:
+            got[name] = svc.shared_read_index(region, deadline)
+        except BaseException as e:
+            got[name] = e
+
+    try:
+        first = threading.Thread(target=reader, args=("first",))
+        first.start()
+        _wait_for(lambda: len(sent) == 1)  # round 0 is out
+        late = [threading.Thread(target=reader, args=(f"late{i}",)) for i in range(3)]
+        for t in late:
+            t.start()
+        _wait_for(lambda: svc._rounds[(7, region.epoch)].queued is not None)
+        gates[0].set()
+        first.join(10)
+        assert got["first"] == 100
+        # The three who came while round 0 was out share round 1, sent after it.
+        _wait_for(lambda: len(sent) == 2)
+        assert not any(f"late{i}" in got for i in range(3))
+        gates[1].set()
+        for t in late:
+            t.join(10)
+        assert [got[f"late{i}"] for i in range(3)] == [101] * 3 and len(sent) == 2
+        # A failed round fails every reader of it; the next reader sends anew.
+        gates[2].set()
+        reader("unlucky")
+        assert isinstance(got["unlucky"], DataIsNotReadyError)
+        gates[3].set()
+        reader("next")
+        assert got["next"] == 103 and len(sent) == 4
+        assert svc._rounds == {}  # nothing left behind when idle
+    finally:
+        for g in gates:
+            g.set()
+        svc.close()
+
+
+def _wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.001)

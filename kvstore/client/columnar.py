@@ -258,13 +258,22 @@ class ColumnarReader:
             request_serializer=columnarpb_pb2.ScanRequest.SerializeToString,
             response_deserializer=columnarpb_pb2.ScanResponse.FromString,
         )
-        chunks: list[bytes] = []
+        # Each message is one Arrow IPC message: the schema, then record
+        # batches, decoded in place (no copy into one buffer).
+        schema: pa.Schema | None = None
+        batches: list[pa.RecordBatch] = []
         for resp in call(req, timeout=timeout):
             err = response_error(resp)
             if err is not None:
                 raise err
-            chunks.append(resp.arrow_ipc)
-        return pa.ipc.open_stream(pa.py_buffer(b"".join(chunks))).read_all()
+            buf = pa.py_buffer(resp.arrow_ipc)
+            if schema is None:
+                schema = pa.ipc.read_schema(buf)
+            else:
+                batches.append(pa.ipc.read_record_batch(buf, schema))
+        if schema is None:
+            raise DataIsNotReadyError(0, reason="the answer ended before its schema")
+        return pa.Table.from_batches(batches, schema)
 
     def scan(
         self,

@@ -34,12 +34,12 @@ exported as Prometheus metrics.
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,7 +68,7 @@ from kvstore.raftstore import Store
 from kvstore.storage import CF_DEFAULT, CF_LOCK, CF_RAFT, CF_WRITE, RocksEngine
 from kvstore.storage.engine import OP_DELETE_RANGE, OP_PUT
 from kvstore.txn.scheduler import GC_SAFE_POINT_KEY
-from kvstore.types import Region
+from kvstore.types import Region, RegionEpoch
 
 log = logging.getLogger(__name__)
 
@@ -131,22 +131,51 @@ class ColumnarObserver:
 
 
 @dataclass
+class _ReadIndexRounds:
+    """One Region's shared read index (TiFlash batches its learners' read
+    index requests the same way): ``running`` is the round whose RPC is out;
+    ``queued`` collects the readers that came after it was sent, who need a
+    round of their own, sent once the running one is back."""
+
+    region: Region
+    deadline: float = 0.0  # the latest deadline among the queued readers
+    running: Future[int] | None = None
+    queued: Future[int] | None = None
+
+
+@dataclass
 class _Freshness:
     leader_index: int = 0
     behind_since: float = 0.0  # monotonic time the learner was first seen behind
 
 
 def ipc_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
+    # Arrow's own buffer, not io.BytesIO: a BytesIO grows by copying (50 ms
+    # against 13 ms for a 44 MiB answer on the bench machine).
+    sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as w:
         w.write_table(table, max_chunksize=64 * 1024)
-    return sink.getvalue()
+    data: bytes = sink.getvalue().to_pybytes()
+    return data
 
 
 def ipc_chunks(table: pa.Table, size: int = IPC_MESSAGE_BYTES) -> Iterator[bytes]:
-    data = ipc_bytes(table)
-    for i in range(0, len(data), size):
-        yield data[i : i + size]
+    """``table`` as the messages of an Arrow IPC stream, one per gRPC
+    message: the schema, then record batches of about ``size`` bytes each.
+    So the client decodes each message where it lands, and never joins the
+    answer into one buffer (a fresh 44 MiB buffer costs ~50 ms in page
+    faults alone); the messages concatenated are still a valid stream.
+    Dictionary-encoded columns are decoded first: their dictionaries would
+    be messages of their own, which a record batch alone cannot carry."""
+    for i, f in enumerate(table.schema):
+        if pa.types.is_dictionary(f.type):
+            table = table.set_column(i, f.name, table.column(i).cast(f.type.value_type))
+    yield table.schema.serialize().to_pybytes()
+    if not table.num_rows:
+        return
+    rows = max(1024, size * table.num_rows // max(table.nbytes, 1))
+    for batch in table.to_batches(max_chunksize=rows):
+        yield batch.serialize().to_pybytes()
 
 
 def unary_answer(table: pa.Table, limit: int) -> columnarpb_pb2.ScanResponse:
@@ -169,6 +198,10 @@ class ColumnarService:
         self._channels: dict[str, grpc.Channel] = {}
         self._read_index_stubs: dict[str, Any] = {}
         self._pool = ThreadPoolExecutor(CATCH_UP_THREADS, thread_name_prefix="learner-read")
+        # Read index rounds run here, never on _pool: its threads wait for them.
+        self._rounds_pool = ThreadPoolExecutor(CATCH_UP_THREADS, thread_name_prefix="read-index")
+        self._rounds_mu = threading.Lock()
+        self._rounds: dict[tuple[int, RegionEpoch], _ReadIndexRounds] = {}
         # Where the leaders are: store id by Raft address, kv address by id.
         self._raft_to_store: dict[str, int] = {}
         self._kv_addrs: dict[int, str] = {}
@@ -224,6 +257,61 @@ class ColumnarService:
             raise last
         raise DataIsNotReadyError(region.id, reason=f"no read index from the leader ({last})")
 
+    def shared_read_index(self, region: Region, deadline: float) -> int:
+        """:meth:`read_index`, shared by concurrent readers of ``region``.
+
+        A reader may use the answer of an RPC sent after it arrived, never
+        one sent before (that one may predate a write acknowledged to the
+        reader's client): it joins the queued round, which is sent as soon
+        as no other round of the Region is out (at once if none is). The
+        scans of one SQL query arrive together and mostly share one round:
+        a read index costs the leader ~1 ms of CPU and this node ~0.5 ms."""
+        key = (region.id, region.epoch)
+        with self._rounds_mu:
+            rounds = self._rounds.get(key)
+            if rounds is None:
+                rounds = self._rounds[key] = _ReadIndexRounds(region)
+            if rounds.queued is None:
+                rounds.queued = Future()
+            mine = rounds.queued
+            rounds.deadline = max(rounds.deadline, deadline)
+            if rounds.running is None:
+                self._send_round_locked(key, rounds)
+        try:
+            # A round ends by its own deadline (the latest of its readers'),
+            # plus the RPC's own timeout at worst.
+            return mine.result(timeout=max(0.0, deadline - time.monotonic()) + 10.0)
+        except FutureTimeoutError:
+            raise DataIsNotReadyError(region.id, reason="no read index in time") from None
+
+    def _send_round_locked(self, key: tuple[int, RegionEpoch], rounds: _ReadIndexRounds) -> None:
+        fut, rounds.queued, rounds.running = rounds.queued, None, rounds.queued
+        deadline, rounds.deadline = rounds.deadline, 0.0
+        assert fut is not None
+        try:
+            self._rounds_pool.submit(self._round, key, rounds, fut, deadline)
+        except RuntimeError:  # the node is closing
+            rounds.running = None
+            fut.set_exception(DataIsNotReadyError(rounds.region.id, reason="node closing"))
+
+    def _round(
+        self,
+        key: tuple[int, RegionEpoch],
+        rounds: _ReadIndexRounds,
+        fut: Future[int],
+        deadline: float,
+    ) -> None:
+        try:
+            fut.set_result(self.read_index(rounds.region, deadline))
+        except BaseException as e:
+            fut.set_exception(e)
+        with self._rounds_mu:
+            rounds.running = None
+            if rounds.queued is not None:
+                self._send_round_locked(key, rounds)
+            elif self._rounds.get(key) is rounds:
+                del self._rounds[key]
+
     def _local_route(self, region: Region) -> tuple[RequestContext, str]:
         peer = self.store.peers.get(region.id)
         group = peer.group if peer is not None else None
@@ -265,7 +353,7 @@ class ColumnarService:
     def _catch_up(self, region: Region, deadline: float) -> None:
         """Wait until this learner has applied ``region`` up to its leader's
         read index (``DataIsNotReady`` at the deadline)."""
-        index = self.read_index(region, deadline)
+        index = self.shared_read_index(region, deadline)
         peer = self.store.peers.get(region.id)
         if peer is None:
             raise DataIsNotReadyError(region.id, reason="region moved away")
@@ -475,6 +563,7 @@ class ColumnarService:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._rounds_pool.shutdown(wait=False)  # a round out ends by its deadline
         with self._mu:
             channels, self._channels = list(self._channels.values()), {}
         for ch in channels:
