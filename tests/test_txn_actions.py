@@ -835,6 +835,43 @@ def test_gc_refuses_while_lock_at_or_below_safe_point(eng, s):
     assert lock_of(eng, b"c") is not None
 
 
+def test_gc_skips_a_scan_that_could_collect_nothing(eng, s):
+    """With an epoch (a leader's term), a round after a full scan skips the
+    scan while nothing can have become garbage, and only then."""
+    commit_put(s, b"a", b"1", T(10), T(11))
+    commit_put(s, b"a", b"2", T(12), T(13))
+    first = s.kv_gc(T(20), epoch=1)
+    assert not first.skipped and first.versions_removed == 1
+    # No write since, the newest record (13) at or below the last safe point:
+    # nothing more can be collected, and the scan is skipped.
+    again = s.kv_gc(T(30), epoch=1)
+    assert again.skipped and again.keys_scanned == 0
+    assert s.gc_safe_point == T(30)  # the safe point still moves
+    # A write since: a full scan, and it collects what the write made old.
+    commit_put(s, b"a", b"3", T(31), T(32))
+    third = s.kv_gc(T(40), epoch=1)
+    assert not third.skipped and third.versions_removed == 1
+    assert writes(eng, b"a") == [(T(32), P)]
+    # Another epoch (writes may have passed another leader): a full scan.
+    assert not s.kv_gc(T(41), epoch=2).skipped
+    assert s.kv_gc(T(42), epoch=2).skipped
+    # Without an epoch (an explicit KvGC): always a full scan.
+    assert not s.kv_gc(T(43)).skipped
+
+
+def test_gc_does_not_skip_records_newer_than_the_last_safe_point(eng, s):
+    """Records above the last scan's safe point become collectable once a
+    later safe point passes them: that round must scan, though nothing was
+    written since."""
+    commit_put(s, b"a", b"1", T(10), T(11))
+    commit_put(s, b"a", b"2", T(30), T(31))  # above the first safe point
+    assert s.kv_gc(T(20), epoch=1).versions_removed == 0
+    second = s.kv_gc(T(40), epoch=1)
+    assert not second.skipped and second.versions_removed == 1
+    assert writes(eng, b"a") == [(T(31), P)]
+    assert s.kv_gc(T(50), epoch=1).skipped
+
+
 def test_reads_and_prewrites_below_safe_point(eng, s):
     commit_put(s, b"a", b"1", T(10), T(11))
     s.kv_gc(SAFE)

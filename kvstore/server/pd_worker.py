@@ -75,7 +75,12 @@ class PdWorker:
         self.gc_safe_point = 0
         self.kv_addrs: dict[int, str] = {}  # store id -> Kv address, from PD
         self.started = time.time()
-        self.stats: dict[str, int] = {"operators": 0, "gc_runs": 0, "gc_versions_removed": 0}
+        self.stats: dict[str, int] = {
+            "operators": 0,
+            "gc_runs": 0,
+            "gc_scans_skipped": 0,
+            "gc_versions_removed": 0,
+        }
         self._stop = threading.Event()
         self._kick = threading.Event()
         self._dirty: set[int] = set()
@@ -309,8 +314,12 @@ class PdWorker:
             scheduler = self.store.schedulers.get(rid)
             if scheduler is None or scheduler.gc_safe_point >= sp:
                 continue
+            group = peer.group
             try:
-                stats = scheduler.kv_gc(sp)
+                # The term: all writes of the Region pass through this
+                # leader's scheduler while it lasts (GC may then skip a scan
+                # that could collect nothing).
+                stats = scheduler.kv_gc(sp, epoch=group.term() if group is not None else None)
             except KVError as e:
                 # A lock at or below the safe point: its owner's readers may
                 # still need the old versions. Clients resolve such locks
@@ -318,6 +327,7 @@ class PdWorker:
                 log.info("store %d: GC of region %d deferred: %s", self.store.store_id, rid, e)
                 continue
             self.stats["gc_runs"] += 1
+            self.stats["gc_scans_skipped"] += stats.skipped
             self.stats["gc_versions_removed"] += stats.versions_removed
 
 
