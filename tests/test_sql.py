@@ -9,6 +9,7 @@ import decimal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -470,3 +471,33 @@ def test_load_arrow_and_typed_refusal(db: sql.Connection) -> None:
         load_arrow(db.session, "acct", pa.table({"id": [103], "nope": [1]}))
     assert rows(db, "SELECT count(*) FROM acct") == [(5,)]
     assert_index_consistent(db, "acct")
+
+
+def test_scans_alike_share_one_read(db: sql.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two scans of one table with the same filters (a self-join) are one
+    read of the columns both need; different filters are separate reads."""
+    from sql import session as session_mod
+
+    cur = db.cursor()
+    cur.execute("CREATE TABLE emp (id INT PRIMARY KEY, boss INT, name VARCHAR(10), pay INT)")
+    cur.execute("INSERT INTO emp VALUES (1, NULL, 'ann', 30), (2, 1, 'bob', 20), (3, 1, 'cy', 25)")
+    reads: list[list[str]] = []
+    real = session_mod._Router._scan
+
+    def counted(self: Any, node: Any) -> Any:
+        reads.append(list(node.columns))
+        return real(self, node)
+
+    monkeypatch.setattr(session_mod._Router, "_scan", counted)
+    rows = cur.execute(
+        "SELECT e.name, b.name FROM emp e JOIN emp b ON e.boss = b.id ORDER BY e.name"
+    ).fetchall()
+    assert rows == [("bob", "ann"), ("cy", "ann")]
+    assert reads == [["id", "boss", "name"]]  # one read, the union of both scans' columns
+    reads.clear()
+    rows = cur.execute(
+        "SELECT e.name, b.name FROM emp e JOIN emp b ON e.boss = b.id"
+        " WHERE e.pay < 30 AND b.pay >= 30 ORDER BY e.name"
+    ).fetchall()
+    assert rows == [("bob", "ann"), ("cy", "ann")]
+    assert len(reads) == 2  # different filters: two reads
