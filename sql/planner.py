@@ -116,6 +116,9 @@ class ScanNode:
     columns: list[str]
     filters: list[PushedFilter] = field(default_factory=list)
     condition: exp.Expr | None = None
+    # Set by the executor on a copy, never in a plan: column -> the join
+    # keys it may keep (a runtime filter, see JoinInput.runtime_filters).
+    runtime: dict[str, pa.Array] = field(default_factory=dict)
 
     def describe(self) -> str:
         parts = [f"cols={','.join(self.columns)}"]
@@ -191,7 +194,12 @@ class JoinInput:
     single-relation condition for inputs that are not base tables (for a base
     table it is in the ScanNode). ``unique`` lists column sets on which the
     relation has no duplicates; ``selectivity`` guesses which fraction of it
-    its filters keep (1.0: unfiltered)."""
+    its filters keep (1.0: unfiltered). ``runtime_filters`` (a base-table
+    input only): ``(column, input, input_column)``, an inner join of this
+    relation's ``column`` with another input's unique ``input_column``,
+    whose rows were filtered: the scan may wait for that input and keep
+    only rows whose ``column`` is among its keys (TiFlash's runtime
+    filter, a semi-join reduction)."""
 
     name: str
     node: Node
@@ -200,6 +208,7 @@ class JoinInput:
     filter: exp.Expr | None = None
     unique: list[frozenset[str]] = field(default_factory=list)
     selectivity: float = 1.0
+    runtime_filters: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -319,6 +328,19 @@ class QueryPlan:
         return lines
 
     @property
+    def runtime_filtered(self) -> list[ScanNode]:
+        """The scans that wait for runtime filters (not to be read ahead)."""
+        roots = [self.root, *self.subqueries.values()]
+        out: dict[int, ScanNode] = {}
+        for root in roots:
+            for node in iter_nodes(root):
+                if isinstance(node, JoinNode):
+                    for inp in node.inputs:
+                        if inp.runtime_filters and isinstance(inp.node, TableScanNode):
+                            out[id(inp.node.scan)] = inp.node.scan
+        return list(out.values())
+
+    @property
     def pushdowns(self) -> list[PushedAggregate]:
         """Every aggregate's pushdown, of the root and of the subqueries."""
         roots = [self.root, *self.subqueries.values()]
@@ -377,6 +399,8 @@ def _explain(
         for inp in node.inputs:
             if inp.filter is not None:
                 lines.append(f"{pad}  {inp.name}: filter {sql_text(inp.filter)}")
+            for col, src, src_col in inp.runtime_filters:
+                lines.append(f"{pad}  {inp.name}: runtime filter {col} IN {src}.{src_col}")
             _explain(inp.node, depth + 1, lines, engine_of, seen, pushed_to)
         return
     if isinstance(node, AggregateNode):
@@ -733,7 +757,57 @@ class _Planner:
             node.inputs.append(inp)
         node.conditions = conditions
         node.post = post
+        if node.reorder:
+            self._runtime_filters(node)
         return node
+
+    def _runtime_filters(self, node: JoinNode) -> None:
+        """Give a base-table input a runtime filter for each inner equi-join
+        of one of its integer columns with a unique column of another input
+        that is reduced (filtered, or itself runtime-filtered): TPC-H's
+        lineitem then reads the lineitems of the qualifying orders, not all
+        of them."""
+        inner = {i.name: i for i in node.inputs if i.kind == "inner"}
+        # To a fixed point: a filter makes its input reduced, which may
+        # filter another (customer -> orders -> lineitem in Q3).
+        while self._add_runtime_filters(node, inner):
+            pass
+
+    def _add_runtime_filters(self, node: JoinNode, inner: dict[str, JoinInput]) -> bool:
+        added = False
+        for c in node.conditions:
+            if not isinstance(c, exp.EQ):
+                continue
+            a, b = c.this, c.expression
+            if not (isinstance(a, exp.Column) and isinstance(b, exp.Column)):
+                continue
+            for probe_col, build_col in ((a, b), (b, a)):
+                probe, build = inner.get(probe_col.table), inner.get(build_col.table)
+                if probe is None or build is None or probe is build:
+                    continue
+                scan_node = probe.node
+                if not isinstance(scan_node, TableScanNode) or _shapes(scan_node):
+                    continue
+                # The build side is keyed on its column (a dimension, or a
+                # grouped subquery) and keeps only some keys; not the
+                # reverse of a filter it takes itself (both would wait).
+                if frozenset([build_col.name]) not in build.unique or not _reduced(build):
+                    continue
+                if any(src == probe.name for _, src, _ in build.runtime_filters):
+                    continue
+                # A probe keyed on its column (a one-to-one join: orders with
+                # a grouped subquery) waits only for a HAVING's few keys:
+                # other reductions rarely pay for the overlap it loses.
+                if frozenset([probe_col.name]) in probe.unique and not _has_having(build.node):
+                    continue
+                types = self.types.get(scan_node.scan.table, {})
+                if _kind(types.get(probe_col.name, "")) != "int":
+                    continue
+                rf = (probe_col.name, build.name, build_col.name)
+                if rf not in probe.runtime_filters:
+                    probe.runtime_filters.append(rf)
+                    added = True
+        return added
 
     def _input(
         self,
@@ -808,6 +882,41 @@ def top_aggregates(aggregations: Sequence[exp.Expr]) -> list[exp.AggFunc]:
             if fn.find_ancestor(exp.AggFunc) is None and fn not in out:
                 out.append(fn)
     return out
+
+
+def _reduced(inp: JoinInput) -> bool:
+    """Does ``inp`` keep only some of its relation's rows (so its keys make
+    a useful runtime filter)? A NULL test on a key (what decorrelation adds
+    to every subquery) does not count: it keeps every key."""
+    return bool(inp.runtime_filters) or _real_filter(inp.filter) or _reduced_node(inp.node)
+
+
+def _has_having(node: Node) -> bool:
+    while isinstance(node, RefNode) and node.child is not None and node.condition is None:
+        node = node.child
+    return node.condition is not None
+
+
+def _reduced_node(node: Node) -> bool:
+    if node.condition is not None:
+        return True
+    if isinstance(node, TableScanNode):
+        return node.scan.condition is not None
+    if isinstance(node, JoinNode):
+        return any(
+            i.kind == "inner" and (_real_filter(i.filter) or _reduced_node(i.node))
+            for i in node.inputs
+        )
+    if isinstance(node, (AggregateNode, RefNode, SortNode)):
+        return any(_reduced_node(c) for c in node.children())
+    return False
+
+
+def _real_filter(e: exp.Expr | None) -> bool:
+    def null_test(c: exp.Expr) -> bool:
+        return isinstance(c, exp.Not) and isinstance(c.this, exp.Is)
+
+    return e is not None and not all(null_test(c) for c in _conjuncts(e))
 
 
 def _shapes(node: Node) -> bool:

@@ -545,7 +545,7 @@ class Session:
         plan = self._plan(stmt, tables, cached=True)
         warnings: list[str] = []
         router = _Router(self, txn, tables, p.hints, warnings, lock)
-        router.prefetch(plan.scans, plan.pushdowns)
+        router.prefetch(plan.scans, plan.pushdowns, plan.runtime_filtered)
         table = execute(plan, router.scan, (), router.aggregate)
         names = _written_names(stmt)
         if names is not None and len(names) == table.num_columns:
@@ -1001,7 +1001,10 @@ class _Router:
         return "columnar"
 
     def prefetch(
-        self, scans: Sequence[ScanNode], pushdowns: Sequence[PushedAggregate] = ()
+        self,
+        scans: Sequence[ScanNode],
+        pushdowns: Sequence[PushedAggregate] = (),
+        later: Sequence[ScanNode] = (),
     ) -> None:
         """Start every scan of a query at once. Each is a round trip (a read
         index per Region on the columnar path) that mostly waits: overlapped,
@@ -1009,13 +1012,18 @@ class _Router:
         scan whose aggregate the replica computes asks for that instead.
         Scans of one table with the same filters on the same engine (TPC-H
         Q21 reads lineitem three times) are one read of the columns they
-        need between them. Reads only, so a locking read (which adds to the
-        write buffer) runs its scans in turn."""
+        need between them. Scans in ``later`` wait for their runtime
+        filters (the keys of other inputs of a join) and are not read ahead.
+        Reads only, so a locking read (which adds to the write buffer) runs
+        its scans in turn."""
         if self.lock or len(scans) < 2:
             return
         pushed = {id(p.scan): p for p in pushdowns if self.pushed_to(p) is not None}
+        waits = {id(n) for n in later}
         alike: dict[tuple[Any, ...], list[ScanNode]] = {}
         for node in scans:
+            if id(node) in waits:
+                continue
             p = pushed.get(id(node))
             if p is not None:
                 self._aggregates[id(p)] = _SCAN_POOL.submit(self._aggregate, p)
@@ -1080,6 +1088,12 @@ class _Router:
             self.warnings.append(f"no columnar replica: {node.table} read from the row store")
             return self._row(node, info)
         pushed = [f for f in node.filters if _pushable(info, f)]
+        # Runtime filters (join keys from another input) on integer columns.
+        pushed.extend(
+            (col, "in", keys)
+            for col, keys in node.runtime.items()
+            if col in info.column_names and info.column(col).kind is Kind.INT
+        )
 
         def fell_back(why: str) -> None:
             self.warnings.append(

@@ -190,6 +190,23 @@ def test_many_regions_and_pushdown(cluster: LocalCluster, client: Client) -> Non
     want = row_store_scan(client, "big", ["id", "amount"], pred, ts)
     assert got.column_names == ["id", "amount"]
     assert _sorted(got) == _sorted(want) and got.num_rows > 0
+    # A runtime filter (an integer column among join keys), alone and with
+    # another predicate, as a list or an Arrow array.
+    keys = [3, 17, 17, 4242, 5999, 10_000]
+    for in_pred in (
+        [("id", "in", keys)],
+        [("id", "in", pa.array(keys)), ("n", "<", 50)],
+    ):
+        got = client.columnar_scan("big", ["id", "n"], in_pred, ts)
+        want = row_store_scan(client, "big", ["id", "n"], in_pred, ts)
+        assert _sorted(got) == _sorted(want)
+        assert {r["id"] for r in got.to_pylist()} == (
+            {3, 17, 4242, 5999} if len(in_pred) == 1 else {3, 17, 4242}
+        )
+    with pytest.raises(InvalidArgumentError, match="list of integers"):
+        client.columnar_scan("big", ["id"], [("id", "in", ["a"])], ts)
+    with pytest.raises(InvalidArgumentError, match="not aggregates"):
+        client.columnar_scan("big", None, [("id", "in", keys)], ts, aggregates=[("count", "*")])
     # Grouped aggregation on the node.
     aggs = [("sum", "amount"), ("count", "*"), ("max", "n")]
     got = client.columnar_scan("big", ts=ts, group_by=["name"], aggregates=aggs)

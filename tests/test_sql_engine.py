@@ -63,13 +63,21 @@ def _apply_filters(table: pa.Table, node: ScanNode) -> pa.Table:
         column = table.column(col)
         scalar = pa.scalar(value, column.type) if not isinstance(value, float) else pa.scalar(value)
         table = table.filter(fns[op](column, scalar))
+    for col, keys in node.runtime.items():  # runtime filters: join keys
+        table = table.filter(pc.is_in(table.column(col), value_set=keys))
     return table
 
 
-def scan_of(tables: dict[str, pa.Table], apply_filters: bool) -> Callable[[ScanNode], pa.Table]:
+def scan_of(
+    tables: dict[str, pa.Table], apply_filters: bool, seen: list[ScanNode] | None = None
+) -> Callable[[ScanNode], pa.Table]:
     def scan(node: ScanNode) -> pa.Table:
-        t = tables[node.table].select(node.columns)
-        return _apply_filters(t, node) if apply_filters else t
+        if seen is not None:
+            seen.append(node)
+        t = tables[node.table]
+        if apply_filters:  # the filters may name columns the scan does not return
+            t = _apply_filters(t, node)
+        return t.select(node.columns)
 
     return scan
 
@@ -199,6 +207,48 @@ def test_tpch_matches_duckdb(
     assert_same_result(sql, got, want)
     # Every pushdown the plan offers is taken (once per aggregate).
     assert len(calls) == (len(plan.pushdowns) if mode == "aggregated" else 0)
+
+
+def test_runtime_filters_read_only_the_joining_rows(
+    tpch: dict[str, pa.Table], duck: duckdb.DuckDBPyConnection
+) -> None:
+    """Q3: customer (filtered) -> orders -> lineitem, each read with the
+    keys of the one before as a runtime filter; the answer is DuckDB's."""
+    sql = th.query_text(3)
+    plan = plan_query(parse_select(sql), th.planner_schema(), th.primary_keys())
+    assert {s.table for s in plan.runtime_filtered} == {"orders", "lineitem"}
+    text = "\n".join(plan.explain())
+    assert "lineitem: runtime filter l_orderkey IN orders.o_orderkey" in text
+    seen: list[ScanNode] = []
+    got = execute(plan, scan_of(tpch, True, seen))
+    assert_same_result(sql, got, duck.sql(sql).to_arrow_table())
+    by_table = {n.table: n for n in seen}
+    assert list(by_table["orders"].runtime) == ["o_custkey"]
+    keys = by_table["lineitem"].runtime["l_orderkey"]
+    # Only the keys of the orders that qualified: far fewer than all orders.
+    assert 0 < len(keys) < tpch["orders"].num_rows // 4
+    assert [n.table for n in seen][-1] == "lineitem"  # read last, after its sources
+
+
+def test_runtime_filter_from_an_empty_or_null_keyed_side(t: dict[str, pa.Table]) -> None:
+    tables = {
+        "f": pa.table({"id": [1, 2, 3, 4], "k": pa.array([10, 20, None, 10], pa.int64())}),
+        "d": pa.table({"k": pa.array([10, 20, 30], pa.int64()), "name": ["x", "y", "z"]}),
+    }
+    schema = {n: {f.name: _sql_type(f.type) for f in tb.schema} for n, tb in tables.items()}
+    pks = {"d": ["k"], "f": ["id"]}
+    for where, want in [
+        ("d.name = 'x'", [(1, "x"), (4, "x")]),
+        ("d.name = 'nobody'", []),  # an empty key set: the fact scan keeps nothing
+        ("d.name <> 'z'", [(1, "x"), (2, "y"), (4, "x")]),  # NULL keys never join
+    ]:
+        sql = f"SELECT f.id, d.name FROM f JOIN d ON f.k = d.k WHERE {where} ORDER BY f.id"
+        plan = plan_query(parse_select(sql), schema, pks)
+        assert [s.table for s in plan.runtime_filtered] == ["f"]
+        seen: list[ScanNode] = []
+        out = execute(plan, scan_of(tables, True, seen))
+        assert [tuple(r.values()) for r in out.to_pylist()] == want
+        assert "k" in seen[-1].runtime and seen[-1].table == "f"
 
 
 def test_single_table_aggregates_are_pushed_down() -> None:

@@ -58,7 +58,7 @@ DEFAULT_MAX_WAIT_S = 5.0
 # How long the list of columnar nodes PD gave is used before asking again
 # (a failed scan asks at once).
 NODES_TTL_S = 10.0
-_OPS = ("=", "!=", "<", "<=", ">", ">=", "is_null", "not_null")
+_OPS = ("=", "!=", "<", "<=", ">", ">=", "is_null", "not_null", "in")
 _AGGS = ("sum", "count", "min", "max")
 
 Predicate = tuple[str, str, Any]
@@ -73,6 +73,16 @@ def check_predicates(predicates: Sequence[Predicate]) -> None:
             raise InvalidArgumentError(
                 f"a predicate is (column, op, value) with op one of {', '.join(_OPS)}: {p!r}"
             )
+        if p[1] == "in" and not _int_list(p[2]):
+            raise InvalidArgumentError(f"'in' takes a list of integers: {p[0]!r}")
+
+
+def _int_list(values: Any) -> bool:
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return bool(pa.types.is_integer(values.type))
+    return isinstance(values, (list, tuple)) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in values
+    )
 
 
 def check_aggregates(aggregates: Sequence[Aggregate]) -> None:
@@ -94,6 +104,9 @@ def _compare(col: str, op: str, value: Any) -> pc.Expression:
         return ~f.is_null()
     if value is None:
         raise InvalidArgumentError(f"predicate {col} {op} needs a value")
+    if op == "in":
+        keys = value if isinstance(value, (pa.Array, pa.ChunkedArray)) else pa.array(value)
+        return f.isin(keys.cast(pa.int64()))
     if op == "=":
         return f == value
     if op == "!=":
@@ -141,13 +154,16 @@ def fit_predicates(
     out = []
     for col, op, value in predicates:
         t = schema.field(col).type if schema is not None and col in schema.names else None
-        out.append((col, op, _fit(value, t)))
+        out.append((col, op, value if op == "in" else _fit(value, t)))
     return out
 
 
 def predicate_from_pb(preds: Sequence[columnarpb_pb2.Predicate]) -> list[Predicate]:
     out: list[Predicate] = []
     for p in preds:
+        if p.op == "in":
+            out.append((p.column, p.op, list(p.int_values)))
+            continue
         kind = p.WhichOneof("value")
         value: Any = getattr(p, kind) if kind else None
         if kind == "date_value":
@@ -164,6 +180,10 @@ def _predicate_pb(p: Predicate) -> columnarpb_pb2.Predicate:
     col, op, value = p
     m = columnarpb_pb2.Predicate(column=col, op=op)
     if op in ("is_null", "not_null"):
+        return m
+    if op == "in":
+        values = value.to_pylist() if isinstance(value, (pa.Array, pa.ChunkedArray)) else value
+        m.int_values.extend(values)
         return m
     if isinstance(value, bool):
         m.bool_value = value
@@ -291,6 +311,8 @@ class ColumnarReader:
         check_aggregates(aggregates)
         if group_by and not aggregates:
             raise InvalidArgumentError("group_by needs aggregates")
+        if aggregates and any(op == "in" for _, op, _ in predicate):
+            raise InvalidArgumentError("'in' predicates filter scans, not aggregates")
         ts = ts or self.client.tso()
         req = columnarpb_pb2.ScanRequest(
             table=table,
