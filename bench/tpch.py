@@ -14,9 +14,9 @@ What runs, in one command:
    replica) and in DuckDB on its own in-memory tables of the same Parquet
    data: once untimed each, then ``--reps`` timed runs each, taking turns;
    the best run of each is compared, and so are the answers. The row path
-   (``SET htapkv_read_engine = 'row'``) runs in a child process killed
-   after ``--row-timeout`` seconds: a query past the bound is reported as
-   such, not waited for.
+   (``SET htapkv_read_engine = 'row'``), once every query is timed, runs
+   in a child process killed after ``--row-timeout`` seconds: a query past
+   the bound is reported as such, not waited for.
 
 Targets (printed as met/missed, never asserted): geometric mean of the
 columnar path within 2x of DuckDB; load at least 50,000 rows/s.
@@ -422,6 +422,16 @@ def run(args: argparse.Namespace) -> int:
                     err.print(f"not compacted within {SETTLE_MAX_WAIT_S:g} s: {unsettled}")
                 for qn in queries:
                     results.append(run_query(conn, duck, pd, qn, args, err))
+                # The row path last: a child killed at the bound leaves its
+                # scan running in the stores for a while, which would weigh
+                # on the next query's timed runs.
+                if not args.no_row:
+                    for r in results:
+                        if r.error is None:
+                            r.row_s, r.row_note = row_path_time(
+                                pd, query_text(r.n), args.row_timeout
+                            )
+                            err.print(f"Q{r.n:02d} row path: {_row_text(r)}")
             finally:
                 conn.close()
     finally:
@@ -489,18 +499,19 @@ def run_query(
             r.duckdb_s.append(time.perf_counter() - t0)
         r.rows = got.num_rows
         r.mismatch = compare(got, want)
-        if not args.no_row:
-            r.row_s, r.row_note = row_path_time(pd, text, args.row_timeout)
     except Exception as e:  # recorded and reported: one query must not end the run
         r.error = f"{type(e).__name__}: {e}"
     err.print(
         f"Q{qn:02d}: columnar {min(r.columnar_s, default=float('nan')) * 1000:,.0f} ms, "
-        f"duckdb {min(r.duckdb_s, default=float('nan')) * 1000:,.1f} ms, "
-        f"row {'-' if r.row_s is None else f'{r.row_s * 1000:,.0f} ms'} {r.row_note}"
+        f"duckdb {min(r.duckdb_s, default=float('nan')) * 1000:,.1f} ms"
         + (f" MISMATCH {r.mismatch}" if r.mismatch else "")
         + (f" ERROR {r.error}" if r.error else "")
     )
     return r
+
+
+def _row_text(r: QueryResult) -> str:
+    return f"{'-' if r.row_s is None else f'{r.row_s * 1000:,.0f} ms'} {r.row_note}".strip()
 
 
 def _ms(x: float | None) -> str:
