@@ -862,13 +862,21 @@ def test_gc_skips_a_scan_that_could_collect_nothing(eng, s):
 def test_gc_does_not_skip_records_newer_than_the_last_safe_point(eng, s):
     """Records above the last scan's safe point become collectable once a
     later safe point passes them: that round must scan, though nothing was
-    written since."""
+    written since; rounds before it (a bulk load's records stay above the
+    safe point for the whole GC lifetime) need not."""
     commit_put(s, b"a", b"1", T(10), T(11))
     commit_put(s, b"a", b"2", T(30), T(31))  # above the first safe point
+    commit_put(s, b"b", b"1", T(35), T(36))
     assert s.kv_gc(T(20), epoch=1).versions_removed == 0
-    second = s.kv_gc(T(40), epoch=1)
+    # Still below the oldest record above T(20) (31): nothing to collect.
+    assert s.kv_gc(T(25), epoch=1).skipped
+    assert s.kv_gc(T(30), epoch=1).skipped
+    second = s.kv_gc(T(31), epoch=1)  # reaches it
     assert not second.skipped and second.versions_removed == 1
     assert writes(eng, b"a") == [(T(31), P)]
+    assert s.kv_gc(T(35), epoch=1).skipped  # next one above is 36
+    assert not s.kv_gc(T(40), epoch=1).skipped  # b's record: one PUT, kept
+    assert writes(eng, b"b") == [(T(36), P)]
     assert s.kv_gc(T(50), epoch=1).skipped
 
 

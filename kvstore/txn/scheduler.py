@@ -71,13 +71,14 @@ class GcStats:
 @dataclass(frozen=True)
 class _GcDone:
     """What the last full GC scan left: every record at or below
-    ``safe_point`` is the one PUT of its key it keeps, the newest record is
-    at ``newest_ts``, and this scheduler's write count was ``writes`` when
-    the scan began, in leadership ``epoch``."""
+    ``safe_point`` is the one PUT of its key it keeps, the oldest record
+    above it is at ``next_ts`` (:data:`TS_MAX` + 1: none), and this
+    scheduler's write count was ``writes`` when the scan began, in
+    leadership ``epoch``."""
 
     epoch: object
     safe_point: int
-    newest_ts: int
+    next_ts: int
     writes: int
 
 
@@ -398,11 +399,13 @@ class TxnScheduler:
         range passes while the epoch lasts (a Region leader's term), it lets
         a round skip the scan when nothing can be collected: a full scan at
         safe point ``s0`` leaves one PUT per key at or below ``s0``, so a
-        later safe point can only collect records newer than ``s0``; if the
-        newest record the scan met was at or below ``s0`` and no write was
-        made since, in the same epoch, there are none. The store's GC worker
-        runs every 10 s, and a full scan of a 1M-key Region costs ~1 s of
-        CPU even when it removes nothing.
+        safe point ``s1`` can only collect something if a record lies in
+        ``(s0, s1]``; if the oldest record above ``s0`` that the scan met is
+        above ``s1`` and no write was made since, in the same epoch, none
+        does. The store's GC worker runs every 10 s, and a full scan of a
+        1M-key Region costs ~1 s of CPU even when it removes nothing (a
+        bulk load's records stay above the safe point for the whole GC
+        lifetime: one scan once the safe point passes them, none before).
         """
         _check_ts("safe_point", safe_point)
         lo, hi = self._range(b"", None)
@@ -428,33 +431,35 @@ class TxnScheduler:
                 and done is not None
                 and done.epoch == epoch
                 and done.writes == self._writes
-                and done.newest_ts <= done.safe_point
+                and safe_point < done.next_ts
             ):
                 stats.skipped = True
                 return stats
             with self._writes_mu:
                 writes = self._writes  # a write racing the scan moves it on
-            newest = [0]
-            for chunk in self._key_chunks(lo, hi, newest):
+            above = [TS_MAX + 1]
+            for chunk in self._key_chunks(lo, hi, safe_point, above):
                 txn = MvccTxn(0)
                 with self.latches.acquire(chunk):
                     for k in chunk:
                         stats.versions_removed += actions.gc(self._reader, txn, k, safe_point)
                     self._write(txn, decisive=False, gc=True)
                 stats.keys_scanned += len(chunk)
-            self._gc_done = _GcDone(epoch, safe_point, newest[0], writes)
+            self._gc_done = _GcDone(epoch, safe_point, above[0], writes)
         return stats
 
-    def _key_chunks(self, lo: bytes, hi: bytes, newest: list[int]) -> Iterable[list[bytes]]:
+    def _key_chunks(
+        self, lo: bytes, hi: bytes, safe_point: int, above: list[int]
+    ) -> Iterable[list[bytes]]:
         """The user keys with write records in ``[lo, hi)``, in chunks;
-        ``newest[0]`` ends as the largest record timestamp met."""
+        ``above[0]`` ends as the oldest record timestamp above ``safe_point``
+        met (unchanged if none)."""
         chunk: list[bytes] = []
         last = None
-        top = newest[0]
         for vk, _ in self._raw_reader.scan(CF_WRITE, lo, hi):
             k, ts = codec.split_ts(vk)
-            top = max(top, ts)
-            newest[0] = top
+            if safe_point < ts < above[0]:
+                above[0] = ts
             if k == last:
                 continue
             last = k
