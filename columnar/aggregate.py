@@ -43,6 +43,7 @@ from pyarrow import acero
 
 from columnar.expression import columns_of, is_expression, to_expression
 from kvstore.errors import InvalidArgumentError
+from kvstore.types import ColumnRef
 
 AGGREGATES = ("sum", "count", "min", "max")
 _MERGE = {"sum": "sum", "count": "sum", "min": "min", "max": "max"}
@@ -50,7 +51,8 @@ _MERGE = {"sum": "sum", "count": "sum", "min": "min", "max": "max"}
 Agg = tuple[str, str]  # (column or "*", function)
 
 # (column, operator, value); the value already of the column's type family
-# (a Decimal for a DECIMAL column), none for is_null/not_null.
+# (a Decimal for a DECIMAL column), or a ColumnRef to another column of the
+# same type; none for is_null/not_null.
 Comparison = tuple[str, str, Any]
 COMPARISONS = ("=", "!=", "<", "<=", ">", ">=", "is_null", "not_null")
 _KERNELS = {
@@ -158,6 +160,12 @@ def _check_where(where: Sequence[Comparison]) -> None:
             raise InvalidArgumentError(f"comparison {w[0]} {w[1]} needs a value")
 
 
+def comparison_columns(w: Comparison) -> list[str]:
+    """The columns a comparison reads (two when it compares two columns)."""
+    col, _, value = w
+    return [col, value.name] if isinstance(value, ColumnRef) else [col]
+
+
 def comparison_expression(
     where: Sequence[Comparison], schema: pa.Schema | None = None
 ) -> pc.Expression | None:
@@ -171,6 +179,8 @@ def comparison_expression(
             e = f.is_null()
         elif op == "not_null":
             e = ~f.is_null()
+        elif isinstance(value, ColumnRef):
+            e = _KERNELS[op](f, pc.field(value.name))
         elif schema is not None and col in schema.names:
             e = _KERNELS[op](f, _typed(value, schema.field(col).type))
         else:
@@ -241,6 +251,8 @@ def comparison_mask(table: pa.Table, where: Sequence[Comparison]) -> pa.ChunkedA
             m = pc.is_null(arr)
         elif op == "not_null":
             m = pc.is_valid(arr)
+        elif isinstance(value, ColumnRef):
+            m = _KERNELS[op](arr, table[value.name])
         else:
             m = _KERNELS[op](arr, _typed(value, arr.type))
         mask = m if mask is None else pc.and_(mask, m)

@@ -33,6 +33,7 @@ from columnar.aggregate import (
     Agg,
     Comparison,
     aggregate_columns,
+    comparison_columns,
     comparison_expression,
     filtered_aggregate,
     partial_aggregate,
@@ -438,7 +439,7 @@ class ColumnarStore:
             where = list(predicate)
             predicate = comparison_expression(where)
             if predicate_columns is None:
-                predicate_columns = [c for c, _, _ in where]
+                predicate_columns = [c for w in where for c in comparison_columns(w)]
         snap = self._snapshot(table, ts, bypass_locks)
         info = snap.info
         wanted = list(dict.fromkeys([*group_by, *aggregate_columns(aggregates)]))

@@ -8,6 +8,8 @@
 * Request/response shapes of the Kv service (:class:`Mutation`, :class:`LockInfo`,
   :class:`TxnStatus`), the same in process and over gRPC.
 * Input limits (:func:`validate_key`, :func:`validate_value`).
+* :class:`ColumnRef`: a predicate's value that is another column, for the
+  columnar read (``kvstore.client.columnar``) and its engine (``columnar``).
 
 Pure module: no I/O, no clock.
 """
@@ -318,3 +320,11 @@ class PdMember:
     member_id: int = 0
     client_addr: str = ""
     peer_addr: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnRef:
+    """The value of a scan predicate that names another column of the same
+    row: ``("l_commitdate", "<", ColumnRef("l_receiptdate"))``."""
+
+    name: str

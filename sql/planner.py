@@ -68,6 +68,7 @@ from sqlglot.errors import OptimizeError, SqlglotError
 from sqlglot.optimizer import optimize
 from sqlglot.optimizer.scope import build_scope
 
+from kvstore.types import ColumnRef
 from sql.errors import NotSupportedError, ProgrammingError
 from sql.expr import arrow_type_of, literal_value, sql_text
 
@@ -108,8 +109,9 @@ class ScanNode:
     ``columns`` are the columns the query needs, in table order;
     ``filters`` are ``(column, op, value)`` conjuncts storage may apply
     (op in ``= != < <= > >=``, value an int, float, str, bool, date or
-    Decimal); ``condition`` is the full single-table condition (it includes
-    the filters), always applied by the executor."""
+    Decimal, or a :class:`~kvstore.types.ColumnRef` to another column);
+    ``condition`` is the full single-table condition (it includes the
+    filters), always applied by the executor."""
 
     table: str
     alias: str
@@ -1187,6 +1189,10 @@ def _pushable(c: exp.Expr, alias: str) -> PushedFilter | None:
         op = _FLIP[op]
     if not isinstance(left, exp.Column) or left.table != alias:
         return None
+    if isinstance(right, exp.Column):  # two columns of the row: l_commitdate < l_receiptdate
+        if right.table != alias or right.name == left.name:
+            return None
+        return (left.name, op, ColumnRef(right.name))
     try:
         value = literal_value(right)
     except ValueError:

@@ -68,6 +68,7 @@ from kvstore.tablecodec import (
     index_values_key,
     row_key,
 )
+from kvstore.types import ColumnRef
 from sql.catalog import Catalog, column_spec, table_definition
 from sql.errors import (
     DataError,
@@ -1130,8 +1131,12 @@ def _pushable(info: TableInfo, f: tuple[str, str, Any]) -> bool:
     col, op, value = f
     try:
         c = info.column(col)
+        other = info.column(value.name) if isinstance(value, ColumnRef) else None
     except SchemaError:
         return False
+    if other is not None:
+        # Two columns of one SQL type compare in storage as sql.expr does.
+        return op in ("=", "!=", "<", "<=", ">", ">=") and c.type == other.type
     if value is None or op not in ("=", "!=", "<", "<=", ">", ">="):
         return False
     k = c.kind
@@ -1158,7 +1163,9 @@ RowFetch = Callable[[Transaction], tuple[list[bytes], list[bytes]]]
 
 
 def _equalities(filters: Sequence[tuple[str, str, Any]]) -> dict[str, Any]:
-    return {c: v for c, op, v in filters if op == "=" and v is not None}
+    return {
+        c: v for c, op, v in filters if op == "=" and v is not None and not isinstance(v, ColumnRef)
+    }
 
 
 def _by_handles(info: TableInfo, handles: Callable[[Transaction], list[bytes]]) -> RowFetch:

@@ -50,7 +50,7 @@ from kvstore.storage.engine import (
 )
 from kvstore.tablecodec import TableInfo, decode_table_meta_key, make_table
 from kvstore.txn.scheduler import GC_SAFE_POINT_KEY as ROW_STORE_SAFE_POINT_KEY
-from kvstore.types import Lock, LockType, Region, RegionEpoch
+from kvstore.types import ColumnRef, Lock, LockType, Region, RegionEpoch
 
 COLUMNS = [("id", "BIGINT"), ("grp", "TEXT"), ("v", "DOUBLE"), ("blob", "TEXT")]
 
@@ -379,6 +379,9 @@ WHERES = [
     [("s", "not_null", None), ("day", ">=", datetime.date(1970, 6, 1))],
     [("m", ">", decimal.Decimal("2.50")), ("m", "<=", decimal.Decimal("7.00"))],
     [("i", "=", 1000)],  # selects nothing
+    # Two columns of the row (NULLs in i, NaN in f): l_commitdate < l_receiptdate.
+    [("i", "<", ColumnRef("n")), ("d", ">=", 10.0)],
+    [("f", ">", ColumnRef("d")), ("s", "!=", "s2")],
 ]
 GLOBAL_AGGS = [
     ("d", "sum"),

@@ -46,6 +46,7 @@ from kvstore.client.routing import new_channel
 from kvstore.errors import GcTooEarlyError, InvalidArgumentError
 from kvstore.proto import columnarpb_pb2
 from kvstore.server.cluster import LocalCluster
+from kvstore.types import ColumnRef
 
 REPO = Path(__file__).resolve().parent.parent
 COLUMNS = [("id", "BIGINT"), ("name", "TEXT"), ("amount", "DOUBLE"), ("n", "INT")]
@@ -203,6 +204,13 @@ def test_many_regions_and_pushdown(cluster: LocalCluster, client: Client) -> Non
         assert {r["id"] for r in got.to_pylist()} == (
             {3, 17, 4242, 5999} if len(in_pred) == 1 else {3, 17, 4242}
         )
+    # Two columns of the row, on the node and in the fallback, read and aggregated.
+    two = [("amount", ">", ColumnRef("n")), ("n", "<", 50)]
+    got = client.columnar_scan("big", ["id"], two, ts)
+    want = row_store_scan(client, "big", ["id"], two, ts)
+    assert _sorted(got) == _sorted(want) and 0 < got.num_rows < n
+    counted = client.columnar_scan("big", None, two, ts, aggregates=[("count", "*")])
+    assert counted.to_pylist() == [{"count(*)": got.num_rows}]
     with pytest.raises(InvalidArgumentError, match="list of integers"):
         client.columnar_scan("big", ["id"], [("id", "in", ["a"])], ts)
     with pytest.raises(InvalidArgumentError, match="not aggregates"):

@@ -501,3 +501,26 @@ def test_scans_alike_share_one_read(db: sql.Connection, monkeypatch: pytest.Monk
     ).fetchall()
     assert rows == [("bob", "ann"), ("cy", "ann")]
     assert len(reads) == 2  # different filters: two reads
+
+
+def test_storage_compares_two_columns_only_of_one_type() -> None:
+    """A pushed filter comparing two columns reaches storage only when both
+    have the same SQL type (storage compares them as Arrow does; sql.expr
+    would first bring, say, an INT and a DECIMAL to a common type)."""
+    from kvstore.tablecodec import make_table
+    from kvstore.types import ColumnRef
+    from sql.session import _equalities, _pushable
+
+    info = make_table(
+        1,
+        "li",
+        [("id", "BIGINT"), ("ship", "DATE"), ("commit", "DATE"), ("price", "DECIMAL(15,2)")],
+        "id",
+    )
+    assert _pushable(info, ("ship", "<", ColumnRef("commit")))
+    assert not _pushable(info, ("id", "<", ColumnRef("price")))  # BIGINT vs DECIMAL
+    assert not _pushable(info, ("ship", "<", ColumnRef("nope")))
+    # Never mistaken for a key lookup's value.
+    assert _equalities([("id", "=", ColumnRef("price")), ("ship", "=", dt.date(2024, 1, 1))]) == {
+        "ship": dt.date(2024, 1, 1)
+    }

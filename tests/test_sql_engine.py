@@ -24,6 +24,7 @@ import tpch_helpers as th
 from sqlglot import exp
 
 from kvstore.client.columnar import aggregate as client_aggregate
+from kvstore.types import ColumnRef
 from sql.errors import DataError, NotSupportedError, ProgrammingError, SQLError
 from sql.executor import execute
 from sql.planner import PushedAggregate, QueryPlan, ScanNode, parse_select, plan_query
@@ -61,6 +62,9 @@ def _apply_filters(table: pa.Table, node: ScanNode) -> pa.Table:
     }
     for col, op, value in node.filters:
         column = table.column(col)
+        if isinstance(value, ColumnRef):
+            table = table.filter(fns[op](column, table.column(value.name)))
+            continue
         scalar = pa.scalar(value, column.type) if not isinstance(value, float) else pa.scalar(value)
         table = table.filter(fns[op](column, scalar))
     for col, keys in node.runtime.items():  # runtime filters: join keys
@@ -257,8 +261,11 @@ def test_single_table_aggregates_are_pushed_down() -> None:
         return plan_query(parse_select(sql), th.planner_schema(), th.primary_keys()).pushdowns
 
     # The TPC-H aggregates straight over one table scan whose whole WHERE is
-    # pushed: Q1, Q6, and the grouped subqueries of Q15, Q17, Q18, Q20 and Q22.
-    assert {q for q in range(1, 23) if pushdowns(q)} == {1, 6, 15, 17, 18, 20, 22}
+    # pushed: Q1, Q6, and the grouped subqueries of Q4 (whose WHERE compares
+    # two columns), Q15, Q17, Q18, Q20 and Q22.
+    assert {q for q in range(1, 23) if pushdowns(q)} == {1, 4, 6, 15, 17, 18, 20, 22}
+    (q4,) = pushdowns(4)
+    assert q4.scan.filters == [("l_commitdate", "<", ColumnRef("l_receiptdate"))]
     (q1,) = pushdowns(1)
     assert q1.scan.table == "lineitem" and q1.group_by == ["l_returnflag", "l_linestatus"]
     assert ("l_shipdate", "<=", datetime.date(1998, 9, 2)) in q1.scan.filters
@@ -315,6 +322,7 @@ def test_aggregates_that_stay_here(sql: str, t: dict[str, pa.Table]) -> None:
         " GROUP BY t.s ORDER BY t.s",
         "SELECT t.b AS b FROM t GROUP BY t.b ORDER BY t.b",  # keys alone (DISTINCT)
         "SELECT 2 * SUM(t.a) + COUNT(*) AS x, SUM(t.a) / COUNT(t.a) AS y FROM t",
+        "SELECT COUNT(*) AS n, SUM(t.m) AS s FROM t WHERE t.id > t.a",  # two columns
     ],
 )
 def test_pushed_aggregates_answer_as_computed_here(sql: str, t: dict[str, pa.Table]) -> None:

@@ -14,8 +14,11 @@ IPC stream. It handles what the learner read can answer:
   aggregation applied here (and a warning logged), so a caller always gets
   the answer, from the replica when it can.
 
-Predicates are ``(column, op, value)`` tuples, ANDed; ops ``= != < <= > >=``,
-``is_null``, ``not_null``. Aggregates are ``(function, column)`` with
+Predicates are ``(column, op, value)`` tuples, ANDed; ops ``= != < <= > >=``
+(the value a constant, or :class:`~kvstore.types.ColumnRef` for another
+column of the row: ``l_commitdate < l_receiptdate``), ``is_null``,
+``not_null``, and ``in`` (an integer column among a list of integers: a
+join's runtime filter; scans only). Aggregates are ``(function, column)`` with
 functions ``sum count min max`` (``("count", "*")`` counts rows); the
 column may be an arithmetic expression of columns
 (``("sum", "l_extendedprice * (1 - l_discount)")``, see
@@ -45,6 +48,7 @@ from kvstore.errors import DataIsNotReadyError, InvalidArgumentError, KeyIsLocke
 from kvstore.proto import columnarpb_pb2
 from kvstore.proto.convert import response_error
 from kvstore.proto.tls import TlsConfig
+from kvstore.types import ColumnRef
 
 if TYPE_CHECKING:
     from kvstore.client.client import Client
@@ -75,6 +79,14 @@ def check_predicates(predicates: Sequence[Predicate]) -> None:
             )
         if p[1] == "in" and not _int_list(p[2]):
             raise InvalidArgumentError(f"'in' takes a list of integers: {p[0]!r}")
+        if isinstance(p[2], ColumnRef) and p[1] in ("in", "is_null", "not_null"):
+            raise InvalidArgumentError(f"{p[1]!r} does not compare with a column: {p!r}")
+
+
+def predicate_columns(p: Predicate) -> list[str]:
+    """The columns a predicate reads (two when it compares two columns)."""
+    col, _, value = p
+    return [col, value.name] if isinstance(value, ColumnRef) else [col]
 
 
 def _int_list(values: Any) -> bool:
@@ -107,6 +119,8 @@ def _compare(col: str, op: str, value: Any) -> pc.Expression:
     if op == "in":
         keys = value if isinstance(value, (pa.Array, pa.ChunkedArray)) else pa.array(value)
         return f.isin(keys.cast(pa.int64()))
+    if isinstance(value, ColumnRef):
+        value = pc.field(value.name)
     if op == "=":
         return f == value
     if op == "!=":
@@ -126,7 +140,7 @@ def _fit(value: Any, t: pa.DataType | None) -> Any:
     """A number compared with a DECIMAL column, as a Decimal: Arrow casts an
     int64 to decimal128(19, 0) and may find no common precision with the
     column's type; an exact Decimal of the value always has one."""
-    if t is None or not pa.types.is_decimal(t) or isinstance(value, bool):
+    if t is None or not pa.types.is_decimal(t) or isinstance(value, (bool, ColumnRef)):
         return value
     if isinstance(value, (int, float)):
         return decimal.Decimal(repr(value)) if isinstance(value, float) else decimal.Decimal(value)
@@ -172,6 +186,8 @@ def predicate_from_pb(preds: Sequence[columnarpb_pb2.Predicate]) -> list[Predica
             value = _EPOCH_DT + datetime.timedelta(microseconds=value)
         elif kind == "decimal_value":
             value = decimal.Decimal(value)
+        elif kind == "column_value":
+            value = ColumnRef(value)
         out.append((p.column, p.op, value))
     return out
 
@@ -185,7 +201,9 @@ def _predicate_pb(p: Predicate) -> columnarpb_pb2.Predicate:
         values = value.to_pylist() if isinstance(value, (pa.Array, pa.ChunkedArray)) else value
         m.int_values.extend(values)
         return m
-    if isinstance(value, bool):
+    if isinstance(value, ColumnRef):
+        m.column_value = value.name
+    elif isinstance(value, bool):
         m.bool_value = value
     elif isinstance(value, int):
         m.int_value = value
@@ -416,6 +434,7 @@ __all__ = [
     "ColumnarReader",
     "aggregate",
     "fit_predicates",
+    "predicate_columns",
     "predicate_expression",
     "predicate_from_pb",
     "row_store_scan",

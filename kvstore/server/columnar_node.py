@@ -51,7 +51,12 @@ from prometheus_client.registry import Collector
 
 from columnar import ColumnarStore
 from kvstore import codec, tablecodec
-from kvstore.client.columnar import fit_predicates, predicate_expression, predicate_from_pb
+from kvstore.client.columnar import (
+    fit_predicates,
+    predicate_columns,
+    predicate_expression,
+    predicate_from_pb,
+)
 from kvstore.client.pd_client import PdClient
 from kvstore.errors import (
     DataIsNotReadyError,
@@ -441,7 +446,7 @@ class ColumnarService:
         preds = predicate_from_pb(req.predicates)
         try:
             predicate = predicate_expression(preds, info.arrow_schema())
-            pred_cols = [p[0] for p in preds]
+            pred_cols = [c for p in preds for c in predicate_columns(p)]
             if req.aggregates:
                 aggs = [(a.column or "*", a.func) for a in req.aggregates]
                 table = self.columnar.aggregate(
