@@ -329,29 +329,34 @@ class QueryPlan:
             _explain(node, 1, lines, engine_of, seen, pushed_to)
         return lines
 
+    def _nodes(self) -> Iterator[Node]:
+        """Every node of the root's tree and of the subqueries', once."""
+        seen: set[int] = set()
+        for root in [self.root, *self.subqueries.values()]:
+            for node in iter_nodes(root):
+                if id(node) not in seen:
+                    seen.add(id(node))
+                    yield node
+
     @property
     def runtime_filtered(self) -> list[ScanNode]:
         """The scans that wait for runtime filters (not to be read ahead)."""
-        roots = [self.root, *self.subqueries.values()]
-        out: dict[int, ScanNode] = {}
-        for root in roots:
-            for node in iter_nodes(root):
-                if isinstance(node, JoinNode):
-                    for inp in node.inputs:
-                        if inp.runtime_filters and isinstance(inp.node, TableScanNode):
-                            out[id(inp.node.scan)] = inp.node.scan
-        return list(out.values())
+        return [
+            inp.node.scan
+            for node in self._nodes()
+            if isinstance(node, JoinNode)
+            for inp in node.inputs
+            if inp.runtime_filters and isinstance(inp.node, TableScanNode)
+        ]
 
     @property
     def pushdowns(self) -> list[PushedAggregate]:
         """Every aggregate's pushdown, of the root and of the subqueries."""
-        roots = [self.root, *self.subqueries.values()]
-        found: dict[int, PushedAggregate] = {}
-        for root in roots:
-            for node in iter_nodes(root):
-                if isinstance(node, AggregateNode) and node.pushdown is not None:
-                    found[id(node.pushdown)] = node.pushdown
-        return list(found.values())
+        return [
+            node.pushdown
+            for node in self._nodes()
+            if isinstance(node, AggregateNode) and node.pushdown is not None
+        ]
 
 
 def _explain(
